@@ -1,12 +1,13 @@
 """Backbones by name: torchvision ResNets (optionally with the CIFAR stem) and a small CNN.
 
-Every builder returns a module mapping an N×3×H×W batch to N×feature_dim features
+Every builder returns a module mapping an Nx3xHxW batch to Nxfeature_dim features
 (the classification head is replaced by the identity), so a probe or an exporter needs
 nothing but ``backbone.feature_dim``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -60,10 +61,10 @@ def build_backbone(name: str, *, cifar_stem: bool = False) -> nn.Module:
 
 
 def projector(in_dim: int, dims: tuple[int, ...] | list[int]) -> nn.Sequential:
-    """MLP projector/expander as in VICReg: (Linear-BN-ReLU)×(k−1), then a bias-free Linear."""
+    """MLP projector/expander as in VICReg: (Linear-BN-ReLU)x(k-1), then a bias-free Linear."""
     widths = [in_dim, *dims]
     layers: list[nn.Module] = []
-    for a, b in zip(widths[:-2], widths[1:-1], strict=True):
+    for a, b in itertools.pairwise(widths[:-1]):
         layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
     layers.append(nn.Linear(widths[-2], widths[-1], bias=False))
     return nn.Sequential(*layers)

@@ -66,3 +66,33 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     _check_equal_batch_sizes(x)
     return _GatherWithGrad.apply(x)
+
+
+def broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's copy of ``x`` on every rank (random permutations and negatives must agree).
+
+    Not differentiable: meant for indices drawn from a random generator.
+    """
+    if world_size() == 1:
+        return x
+    x = x.contiguous()
+    dist.broadcast(x, src=0)
+    return x
+
+
+def shared_randint(
+    high: int, size: int, *, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``size`` indices uniform in [0, high), identical on every rank."""
+    gen_device = generator.device if generator is not None else "cpu"
+    drawn = torch.randint(high, (size,), generator=generator, device=gen_device)
+    return broadcast_from_rank0(drawn.to(device))
+
+
+def shared_randperm(
+    n: int, *, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A permutation of range(n), identical on every rank."""
+    gen_device = generator.device if generator is not None else "cpu"
+    drawn = torch.randperm(n, generator=generator, device=gen_device)
+    return broadcast_from_rank0(drawn.to(device))

@@ -4,12 +4,13 @@ Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
 Self-Supervised Learning", ICLR 2022 (https://arxiv.org/abs/2105.04906), eq. (1)-(6), with the
 semantics of the official ``main_vicreg.py``:
 
-    s(Z, Z')   = 1/(N·D) Σ_i ‖z_i − z'_i‖²                          invariance (MSE)
-    v(Z)       = 1/D Σ_j relu(1 − sqrt(Var(z_{:,j}) + ε))             variance, unbiased Var
-    c(Z)       = 1/D Σ_{i≠j} C(Z)_{ij}²,  C(Z) = (Z − Z̄)ᵀ(Z − Z̄)/(N − 1)
-    loss       = λ·s + μ·(v(Z) + v(Z'))/2 + ν·(c(Z) + c(Z'))
+    s(Z, Z')   = 1/(N·D) Σ_i ‖z_i - z'_i‖²                          invariance (MSE)
+    v(Z)       = 1/D Σ_j relu(1 - sqrt(Var(z_{:,j}) + ε))             variance, unbiased Var
+    c(Z)       = 1/D Σ_{i≠j} C(Z)_{ij}²,  C(Z) = (Z - Z̄)ᵀ(Z - Z̄)/(N - 1)
+    loss       = λ·s + μ·(v(Z) + v(Z'))/2 + nu·(c(Z) + c(Z'))
 
 All three terms use the global batch when torch.distributed runs with several processes.
+The covariance term costs one DxD matmul per branch.
 """
 
 from __future__ import annotations
@@ -17,32 +18,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_finite
-from .distributed import gather_with_grad
+from ._common import full_precision, off_diagonal, prepare
 
 
-def _variance_term(z: torch.Tensor, eps: float) -> torch.Tensor:
+def variance_term(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """v(Z) of eq. (2): mean over dimensions of the hinge on the regularised std."""
     std = torch.sqrt(z.var(dim=0) + eps)
     return F.relu(1.0 - std).mean()
 
 
-def _covariance_term(z: torch.Tensor) -> torch.Tensor:
-    n, d = z.shape
+def covariance_matrix(z: torch.Tensor) -> torch.Tensor:
+    """C(Z) of eq. (3) with the unbiased 1/(N-1) normalisation."""
     centred = z - z.mean(dim=0)
-    cov = centred.T @ centred / (n - 1)
-    off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
-    return off_diagonal / d
+    return centred.T @ centred / (z.shape[0] - 1)
 
 
+def _covariance_term(z: torch.Tensor) -> torch.Tensor:
+    return off_diagonal(covariance_matrix(z)).pow(2).sum() / z.shape[1]
+
+
+@full_precision
 def vicreg_terms(
     z1: torch.Tensor, z2: torch.Tensor, *, eps: float = 1e-4
 ) -> dict[str, torch.Tensor]:
     """The unweighted invariance, variance and covariance terms over the global batch."""
-    check_finite("vicreg_loss", z1, z2)
-    z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+    z1, z2 = prepare("vicreg_loss", z1, z2)
     return {
         "invariance": F.mse_loss(z1, z2),
-        "variance": (_variance_term(z1, eps) + _variance_term(z2, eps)) / 2,
+        "variance": (variance_term(z1, eps) + variance_term(z2, eps)) / 2,
         "covariance": _covariance_term(z1) + _covariance_term(z2),
     }
 
@@ -57,7 +60,7 @@ def vicreg_loss(
     eps: float = 1e-4,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """VICReg loss of two N×D embedding batches (the official coefficients by default).
+    """VICReg loss of two NxD embedding batches (the official coefficients by default).
 
     With ``return_terms=True`` returns ``(loss, terms)`` where ``terms`` holds the unweighted
     invariance, variance and covariance values, for logging.
