@@ -1,0 +1,99 @@
+"""View recipes: declarative augmentation settings, one ``ViewRecipe`` per view.
+
+A recipe is plain data (YAML-able); ``datasets.dali_views`` turns it into a DALI graph.
+Defaults follow the SimCLR / BYOL / VICReg papers; probabilities are per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class ViewRecipe(BaseModel):
+    """How one view of an image is made (colour values are on the 0–1 pixel scale)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(224, gt=0, description="output side length in pixels")
+    crop_scale: tuple[float, float] | None = Field(
+        (0.08, 1.0), description="random-resized-crop area range; None = resize + centre crop"
+    )
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    center_crop_fraction: float = Field(
+        0.875, gt=0, le=1, description="eval views: crop side / resized shorter side"
+    )
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = Field(0.0, ge=0, le=1)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _byol_pair(**common: object) -> list[ViewRecipe]:
+    """BYOL/VICReg asymmetric pair: view 1 always blurred, view 2 sometimes solarized."""
+    return [
+        ViewRecipe(blur_p=1.0, solarize_p=0.0, **common),
+        ViewRecipe(blur_p=0.1, solarize_p=0.2, **common),
+    ]
+
+
+def _eval(size: int, **common: object) -> list[ViewRecipe]:
+    return [
+        ViewRecipe(
+            size=size,
+            crop_scale=None,
+            flip_p=0,
+            jitter_p=0,
+            grayscale_p=0,
+            blur_p=0,
+            **common,
+        )
+    ]
+
+
+_CIFAR = {"size": 32, "crop_scale": (0.08, 1.0), "mean": CIFAR_MEAN, "std": CIFAR_STD}
+
+PRESETS: dict[str, list[ViewRecipe]] = {
+    "simclr": [ViewRecipe(), ViewRecipe()],
+    "byol": _byol_pair(),
+    "vicreg": _byol_pair(),
+    "eval": _eval(224),
+    # CIFAR variants: 32 px, no blur (as in solo-learn's CIFAR recipes), CIFAR statistics.
+    "simclr_cifar": [ViewRecipe(blur_p=0, **_CIFAR)] * 2,
+    "vicreg_cifar": [ViewRecipe(blur_p=0, solarize_p=0.0, **_CIFAR),
+                     ViewRecipe(blur_p=0, solarize_p=0.2, **_CIFAR)],
+    "eval_cifar": _eval(32, center_crop_fraction=1.0, mean=CIFAR_MEAN, std=CIFAR_STD),
+}
+
+
+def get_recipe(name: str) -> list[ViewRecipe]:
+    if name not in PRESETS:
+        raise KeyError(f"unknown view recipe {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# Every ViewRecipe field, optional: what a spec may override on all views of a preset.
+ViewOverrides = create_model(
+    "ViewOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (field.annotation | None, None) for name, field in ViewRecipe.model_fields.items()},
+)
+
+
+def apply_overrides(recipes: list[ViewRecipe], overrides: dict[str, Any]) -> list[ViewRecipe]:
+    """The recipes with ``overrides`` applied to every view, validated like any recipe."""
+    return [ViewRecipe.model_validate({**r.model_dump(), **overrides}) for r in recipes]

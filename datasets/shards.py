@@ -1,0 +1,171 @@
+"""WebDataset shards with DALI index files, written deterministically and atomically.
+
+Each sample in a shard is two tar members sharing the key:
+
+* ``KEY.<ext>``  the original encoded image (``jpg``, ``png``, ...);
+* ``KEY.label``  the label as a 4-byte little-endian int32, which
+  ``fn.readers.webdataset(..., dtypes=[UINT8, INT32])`` reads directly (−1 = unlabelled).
+
+Members carry fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples in the
+same order give byte-identical tars. A shard is written to ``.name.tmp`` and renamed when
+complete, so a partial shard is never visible under its final name. The DALI index
+(``shard-NNNNNN.idx``, format ``v1.2``, the one DALI's ``wds2idx`` writes) is produced from the
+offsets recorded while writing, without re-reading the tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .samples import Sample
+
+LABEL_EXT = "label"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "jp2", "pnm", "ppm", "pgm")
+DALI_INDEX_VERSION = "v1.2"
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def encode_label(label: int) -> bytes:
+    return struct.pack("<i", label)
+
+
+def decode_label(data: bytes) -> int:
+    return struct.unpack("<i", data)[0]
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def index_path(shard: Path) -> Path:
+    return shard.with_suffix(".idx")
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    num_samples: int
+    sha256: str
+
+
+@dataclass
+class _OpenShard:
+    path: Path
+    tmp_path: Path
+    tar: tarfile.TarFile
+    index_lines: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Writes samples into ``shard-000000.tar …`` in ``out_dir``, capped by samples and bytes."""
+
+    def __init__(
+        self, out_dir: Path, *, max_samples: int = 10_000, max_bytes: int = 1 << 30
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.shards: list[ShardInfo] = []
+        self._current: _OpenShard | None = None
+
+    def write(self, sample: Sample) -> None:
+        if "." in sample.key or "/" in sample.key:
+            raise ValueError(f"sample key {sample.key!r} must not contain '.' or '/'")
+        shard = self._current
+        if shard is not None and (
+            len(shard.index_lines) >= self.max_samples or shard.tar.offset >= self.max_bytes
+        ):
+            self._close_current()
+            shard = None
+        if shard is None:
+            shard = self._open_next()
+        members = [(sample.ext, sample.image), (LABEL_EXT, encode_label(sample.label))]
+        line = []
+        for ext, payload in members:
+            name = f"{sample.key}.{ext}"
+            data_offset = self._add_member(shard.tar, name, payload)
+            line.append(f"{ext} {data_offset} {len(payload)} {name}")
+        shard.index_lines.append(" ".join(line))
+
+    def close(self) -> list[ShardInfo]:
+        self._close_current()
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._current is not None:
+            self._current.tar.close()
+            self._current.tmp_path.unlink(missing_ok=True)
+            self._current = None
+
+    @staticmethod
+    def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> int:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        info.mode = 0o644
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(payload))
+        # addfile leaves tar.offset after the data padded to whole blocks.
+        padded = -(-len(payload) // _BLOCK) * _BLOCK
+        return tar.offset - padded
+
+    def _open_next(self) -> _OpenShard:
+        path = self.out_dir / shard_name(len(self.shards))
+        tmp_path = path.with_name(f".{path.name}.tmp")
+        tar = tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        self._current = _OpenShard(path=path, tmp_path=tmp_path, tar=tar)
+        return self._current
+
+    def _close_current(self) -> None:
+        shard = self._current
+        if shard is None:
+            return
+        shard.tar.close()
+        index = index_path(shard.path)
+        index_text = f"{DALI_INDEX_VERSION} {len(shard.index_lines)}\n"
+        index_text += "".join(line + "\n" for line in shard.index_lines)
+        _atomic_write_text(index, index_text)
+        digest = _sha256(shard.tmp_path)
+        os.replace(shard.tmp_path, shard.path)
+        self.shards.append(ShardInfo(shard.path.name, len(shard.index_lines), digest))
+        self._current = None
+
+
+def write_shards(
+    samples: Iterable[Sample], out_dir: Path, *, max_samples: int = 10_000
+) -> list[ShardInfo]:
+    """Write all samples into shards in ``out_dir`` and return what was written."""
+    with ShardWriter(out_dir, max_samples=max_samples) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return writer.shards
+
+
+def list_shards(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob("shard-*.tar"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

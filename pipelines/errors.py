@@ -1,0 +1,36 @@
+"""User errors: what went wrong and where, printed as one line each, never as a traceback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error in a spec file: ``FILE:LINE:COL: key.path: message``."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class SpecError(Exception):
+    """A spec that cannot run; carries every problem found, in file order."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UserError(Exception):
+    """A run that cannot go on because of its input (bad data, a missing file, a lock)."""
+
+    exit_code = 1

@@ -1,0 +1,102 @@
+"""A workdir on disk: one folder per stage, its ``state.json``, atomic commits and a run lock.
+
+A stage writes into ``<workdir>/.staging/<stage>/``; only when it succeeds is that folder
+renamed to ``<workdir>/<stage>/``, so a crash never leaves half-written outputs under the
+final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+STATE_FILE = "state.json"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self._lock = self.workdir / ".lock"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.workdir / name
+
+    def state(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir(name) / STATE_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def begin(self, name: str) -> Path:
+        """An empty staging folder for the stage's outputs."""
+        staging = self.workdir / ".staging" / name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit(self, name: str, staging: Path, state: dict[str, Any]) -> None:
+        """Publish the staging folder as the stage's outputs, replacing the previous ones."""
+        _write_json(staging / STATE_FILE, state)
+        final = self.stage_dir(name)
+        retired = self.workdir / ".staging" / f"{name}.old"
+        shutil.rmtree(retired, ignore_errors=True)
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def record_failure(self, name: str, state: dict[str, Any]) -> None:
+        """Mark the stage failed; its previous outputs (if any) stay but will be rerun."""
+        final = self.stage_dir(name)
+        final.mkdir(parents=True, exist_ok=True)
+        _write_json(final / STATE_FILE, state)
+
+    def lock(self) -> None:
+        """Take the workdir's run lock, taking over a lock left by a dead process."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = int(self._lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder and _pid_alive(holder):
+                    raise UserError(
+                        f"{self.workdir} is in use by another run (pid {holder}); "
+                        "wait for it or stop it"
+                    ) from None
+                print(f"taking over a stale lock on {self.workdir} (pid {holder} is gone)")
+                self._lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return
+
+    def unlock(self) -> None:
+        self._lock.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

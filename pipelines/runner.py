@@ -1,0 +1,119 @@
+"""Run a validated spec: stages in dependency order, skipping those that are up to date."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from importlib.metadata import version
+from pathlib import Path
+
+from .errors import UserError
+from .ray_runtime import shutdown_ray
+from .run_store import RunStore, now
+from .spec import PipelineSpec, execution_order
+from .stages import STAGE_TYPES, StageConfig, StageContext
+
+
+def fingerprint(stage: StageConfig, upstream: dict[str, str]) -> str:
+    """Config, upstream fingerprints, input-data fingerprint and package version, hashed."""
+    content = {
+        "config": stage.model_dump(mode="json"),
+        "upstream": upstream,
+        "version": version("sslpipe"),
+    }
+    source_fingerprint = getattr(stage, "source_fingerprint", None)
+    if source_fingerprint is not None:
+        content["data"] = source_fingerprint()
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def run_pipeline(spec: PipelineSpec, *, force: tuple[str, ...] = ()) -> None:
+    unknown = [name for name in force if name not in {s.name for s in spec.stages}]
+    if unknown:
+        raise UserError(f"--force names no stage of this spec: {', '.join(unknown)}")
+    store = RunStore(Path(spec.workdir))
+    store.lock()
+    try:
+        _run_stages(spec, store, set(force))
+    finally:
+        shutdown_ray()
+        store.unlock()
+    _print_summary(spec, store)
+
+
+def _run_stages(spec: PipelineSpec, store: RunStore, force: set[str]) -> None:
+    fingerprints: dict[str, str] = {}
+    rerun: set[str] = set()
+    for stage in execution_order(spec):
+        upstream = stage.upstream()
+        fp = fingerprint(stage, {ref: fingerprints[ref] for ref in upstream.values()})
+        fingerprints[stage.name] = fp
+        state = store.state(stage.name)
+        reason = _why_run(stage, state, fp, force, rerun)
+        if reason is None:
+            print(f"[{stage.name}] up to date, skipped")
+            continue
+        rerun.add(stage.name)
+        print(f"[{stage.name}] running: {reason}", flush=True)
+        _run_stage(stage, store, fp, upstream, spec)
+
+
+def _why_run(
+    stage: StageConfig, state: dict | None, fp: str, force: set[str], rerun: set[str]
+) -> str | None:
+    if stage.name in force:
+        return "forced"
+    if state is None:
+        return "never ran"
+    if state.get("status") != "succeeded":
+        return f"last run {state.get('status')}"
+    if state.get("fingerprint") != fp:
+        changed = [ref for ref in stage.upstream().values() if ref in rerun]
+        return f"upstream {', '.join(changed)} reran" if changed else "config or input changed"
+    return None
+
+
+def _run_stage(
+    stage: StageConfig, store: RunStore, fp: str, upstream: dict[str, str], spec: PipelineSpec
+) -> None:
+    staging = store.begin(stage.name)
+    context = StageContext(
+        out_dir=staging,
+        inputs={field: store.stage_dir(ref) for field, ref in upstream.items()},
+        upstream_configs={field: spec.stage(ref) for field, ref in upstream.items()},
+        workdir=store.workdir,
+        run_id=fp[:12],
+        log=lambda message: print(f"[{stage.name}] {message}", flush=True),
+    )
+    state = {"status": "running", "fingerprint": fp, "type": stage.type, "started": now()}
+    began = time.perf_counter()
+    try:
+        metrics = STAGE_TYPES[stage.type].run(stage, context)
+    except BaseException as error:
+        failed = {**state, "status": "failed", "ended": now(), "error": f"{error}"}
+        store.record_failure(stage.name, failed)
+        if isinstance(error, UserError | KeyboardInterrupt):
+            raise
+        traceback.print_exc()
+        raise UserError(f"stage {stage.name!r} failed: {type(error).__name__}: {error}") from None
+    state |= {
+        "status": "succeeded",
+        "ended": now(),
+        "seconds": round(time.perf_counter() - began, 1),
+        "metrics": metrics,
+    }
+    store.commit(stage.name, staging, state)
+    print(f"[{stage.name}] done in {state['seconds']} s", flush=True)
+
+
+def _print_summary(spec: PipelineSpec, store: RunStore) -> None:
+    print(f"\n{spec.name}: all {len(spec.stages)} stages succeeded")
+    for stage in execution_order(spec):
+        state = store.state(stage.name) or {}
+        metrics = state.get("metrics", {})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"  {stage.name:<10} {state.get('seconds', 0):>7} s  {shown}")
+        for output in STAGE_TYPES[stage.type].outputs:
+            print(f"             {store.stage_dir(stage.name) / output}")

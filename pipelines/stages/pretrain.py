@@ -1,0 +1,118 @@
+"""Pretrain stage: a self-supervised method trained on a Ray Train ``TorchTrainer``.
+
+The driver side lives here; what each worker runs is in ``pipelines/pretrain_worker.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from sslpipe.datasets.ingest import split_shards
+from sslpipe.datasets.recipes import (
+    PRESETS,
+    ViewOverrides,
+    ViewRecipe,
+    apply_overrides,
+    get_recipe,
+)
+from sslpipe.ssl_ops import BACKBONES, METHODS, get_method
+from sslpipe.ssl_ops.optim import OPTIMIZERS
+
+from ..ray_runtime import ensure_ray
+from .base import StageConfig, StageContext
+
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+
+MODEL_FILES = ("backbone.pt", "model.json", "history.jsonl")
+
+
+class PretrainConfig(StageConfig):
+    """Unset method-dependent fields take the method's defaults from ``ssl_ops.METHODS``."""
+
+    inputs = {"data": "ingest"}
+
+    type: Literal["pretrain"]
+    data: str = Field(description="name of the ingest stage to train on")
+    method: MethodName = "vicreg"
+    backbone: BackboneName = "resnet18"
+    cifar_stem: bool = False
+    projector: list[int] | None = Field(None, description="projector widths; method default")
+    views: RecipeName | None = Field(None, description="view recipe preset; method default")
+    view_overrides: ViewOverrides = Field(  # type: ignore[valid-type]
+        default_factory=ViewOverrides, description="recipe fields to change on every view"
+    )
+    epochs: int = Field(100, gt=0)
+    global_batch_size: int = Field(256, gt=1)
+    optimizer: OptimizerName | None = None
+    base_lr: float | None = Field(None, gt=0, description="lr = base_lr × global_batch / 256")
+    weight_decay: float | None = Field(None, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    loss: dict[str, float] = Field(default_factory=dict, description="objective keyword args")
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    dali_threads: int = Field(2, gt=0)
+    seed: int = 0
+    log_every_steps: int = Field(10, gt=0)
+    max_failures: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _views_are_valid(self) -> PretrainConfig:
+        self.recipes()
+        return self
+
+    def recipes(self) -> list[ViewRecipe]:
+        recipes = get_recipe(self.views or get_method(self.method).views)
+        return apply_overrides(recipes, self.view_overrides.model_dump(exclude_none=True))
+
+    def resolved(self) -> dict[str, Any]:
+        """Optimizer settings with the method defaults filled in."""
+        method = get_method(self.method)
+        return {
+            "projector": list(self.projector or method.projector),
+            "optimizer": self.optimizer or method.optimizer,
+            "base_lr": self.base_lr if self.base_lr is not None else method.base_lr,
+            "weight_decay": (
+                self.weight_decay if self.weight_decay is not None else method.weight_decay
+            ),
+        }
+
+
+def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..pretrain_worker import train_worker
+
+    if config.global_batch_size % config.num_workers:
+        raise ValueError("global_batch_size must be divisible by num_workers")
+    ensure_ray()
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": 1},
+        ),
+        run_config=RunConfig(
+            name=f"{config.name}-{ctx.run_id}",
+            storage_path=str((ctx.workdir / "_ray").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        for name in MODEL_FILES:
+            shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
+    return {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}

@@ -1,0 +1,29 @@
+"""Spawn a small gloo process group for tests: no Ray, a FileStore under pytest's tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _entry(rank: int, world_size: int, store: str, fn: Callable[..., Any], args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store, world_size), rank=rank, world_size=world_size
+    )
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn: Callable[..., Any], world_size: int, tmp_path: Path, *args: Any) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; ``fn`` must be
+    importable at module level (spawn pickles it by name)."""
+    store = str(tmp_path / "filestore")
+    mp.spawn(_entry, args=(world_size, store, fn, args), nprocs=world_size, join=True)
