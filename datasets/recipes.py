@@ -74,8 +74,10 @@ PRESETS: dict[str, list[ViewRecipe]] = {
     "eval": _eval(224),
     # CIFAR variants: 32 px, no blur (as in solo-learn's CIFAR recipes), CIFAR statistics.
     "simclr_cifar": [ViewRecipe(blur_p=0, **_CIFAR)] * 2,
-    "vicreg_cifar": [ViewRecipe(blur_p=0, solarize_p=0.0, **_CIFAR),
-                     ViewRecipe(blur_p=0, solarize_p=0.2, **_CIFAR)],
+    "vicreg_cifar": [
+        ViewRecipe(blur_p=0, solarize_p=0.0, **_CIFAR),
+        ViewRecipe(blur_p=0, solarize_p=0.2, **_CIFAR),
+    ],
     "eval_cifar": _eval(32, center_crop_fraction=1.0, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
 

@@ -124,7 +124,7 @@ class ShardWriter:
     def _open_next(self) -> _OpenShard:
         path = self.out_dir / shard_name(len(self.shards))
         tmp_path = path.with_name(f".{path.name}.tmp")
-        tar = tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        tar = tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in _close_current)
         self._current = _OpenShard(path=path, tmp_path=tmp_path, tar=tar)
         return self._current
 

@@ -1,39 +1,61 @@
-"""``sslpipe`` command line: run and validate pipeline specs."""
+"""``sslpipe`` command line.
+
+Each command is a ``register(commands)`` function that adds one sub-parser whose ``handler``
+does the work; ``COMMANDS`` lists them. User errors end as one line on stderr and a
+non-zero exit code (2 for an invalid spec), never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from .errors import SpecError, UserError
 
 
-def _cmd_validate(args: argparse.Namespace) -> None:
+def _validate(args: argparse.Namespace) -> None:
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     print(f"{args.spec}: valid ({len(spec.stages)} stages)")
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> None:
     from .runner import run_pipeline
     from .spec import load_spec
 
     run_pipeline(load_spec(args.spec), force=tuple(args.force))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser("validate", help="check a spec without running anything")
-    validate.add_argument("spec")
-    validate.set_defaults(handler=_cmd_validate)
-    run = commands.add_parser("run", help="run a pipeline spec (skipping up-to-date stages)")
-    run.add_argument("spec")
-    run.add_argument(
+def register_validate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("validate", help="check a spec without running anything")
+    parser.add_argument("spec")
+    parser.set_defaults(handler=_validate)
+
+
+def register_run(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
+    parser.add_argument("spec")
+    parser.add_argument(
         "--force", action="append", default=[], metavar="STAGE", help="rerun this stage"
     )
-    run.set_defaults(handler=_cmd_run)
+    parser.set_defaults(handler=_run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    register_run,
+    register_validate,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslpipe", description="Self-supervised pretraining pipelines."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for register in COMMANDS:
+        register(commands)
     return parser
 
 

@@ -79,7 +79,8 @@ def _save_checkpoint(
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Ray Train logs every report and checkpoint at INFO; the stage prints its own progress.
+    logging.getLogger().setLevel(logging.WARNING)
     config = PretrainConfig.model_validate(loop_config["config"])
     settings = config.resolved()
     context = ray.train.get_context()
@@ -122,7 +123,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / "state.pt", weights_only=False)
-            history = [json.loads(line) for line in open(Path(directory) / "history.jsonl")]
+            history_text = (Path(directory) / "history.jsonl").read_text()
+            history = [json.loads(line) for line in history_text.splitlines()]
         encoder.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

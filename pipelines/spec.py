@@ -75,9 +75,9 @@ def _document_path(doc: YamlDocument, loc: tuple[str | int, ...]) -> KeyPath:
     path: list[str | int] = []
     node: Any = doc.data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
         elif isinstance(node, dict) and part in (node.get("type"), node.get("kind")):
             continue

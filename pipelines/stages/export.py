@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnxruntime
@@ -24,7 +24,7 @@ ONNX_TOLERANCE = 1e-4
 
 
 class ExportConfig(StageConfig):
-    inputs = {"model": "pretrain", "probe": "probe"}
+    inputs: ClassVar[dict[str, str]] = {"model": "pretrain", "probe": "probe"}
 
     type: Literal["export"]
     model: str = Field(description="name of the pretrain stage to export")
@@ -33,13 +33,17 @@ class ExportConfig(StageConfig):
     check_batch_size: int = Field(3, gt=0, description="batch used for the onnxruntime check")
 
 
-def _export_program(backbone: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def _export_program(
+    backbone: torch.nn.Module, example: torch.Tensor
+) -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch", min=1, max=4096)
     return torch.export.export(backbone, (example,), dynamic_shapes=({0: batch},))
 
 
 def _check_onnx(path: Path, backbone: torch.nn.Module, size: int, batch_size: int) -> float:
-    inputs = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    inputs: ClassVar[dict[str, str]] = torch.randn(
+        batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected = backbone(inputs).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -75,8 +79,11 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         metrics = json.loads((ctx.inputs["probe"] / "metrics.json").read_text())
     card = {
         **description,
-        "formats": {"torch_export": "model.pt2", "onnx": "model.onnx",
-                    "safetensors": "backbone.safetensors"},
+        "formats": {
+            "torch_export": "model.pt2",
+            "onnx": "model.onnx",
+            "safetensors": "backbone.safetensors",
+        },
         "onnx_opset": config.opset,
         "onnx_max_abs_diff": max_diff,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,7 +36,7 @@ MODEL_FILES = ("backbone.pt", "model.json", "history.jsonl")
 class PretrainConfig(StageConfig):
     """Unset method-dependent fields take the method's defaults from ``ssl_ops.METHODS``."""
 
-    inputs = {"data": "ingest"}
+    inputs: ClassVar[dict[str, str]] = {"data": "ingest"}
 
     type: Literal["pretrain"]
     data: str = Field(description="name of the ingest stage to train on")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from .base import StageConfig, StageContext
 
 
 class ProbeConfig(StageConfig):
-    inputs = {"model": "pretrain", "data": "ingest"}
+    inputs: ClassVar[dict[str, str]] = {"model": "pretrain", "data": "ingest"}
 
     type: Literal["probe"]
     model: str = Field(description="name of the pretrain stage whose backbone is probed")
