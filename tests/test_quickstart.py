@@ -16,7 +16,7 @@ import torch
 
 from sslpipe.pipelines.model_io import load_backbone
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
