@@ -1,43 +1,178 @@
 """The loop each Ray Train worker runs for the pretrain stage.
 
 Each worker reads its own slice of the train shards through DALI (``shard_id`` = world rank,
-seed = base seed + rank), takes ``global_batch_size / world_size`` images per step, and the
-objectives in ``ssl_ops`` gather embeddings across workers with gradients, so a step is the
-same math as one process on the global batch. An epoch ends with a checkpoint; a restarted
+seed = base seed + rank) and takes ``global_batch_size / world_size`` images per step. The
+objectives in ``ssl_ops`` gather embeddings across workers with gradients and batch norm spans
+the global batch (``SyncBatchNorm`` on GPU, ``GlobalBatchNorm`` on CPU), so one step is the same
+math as one process holding the global batch. Checkpoints (model, optimizer, scheduler, step,
+RNG, history) are written every ``checkpoint_every_steps`` and at each epoch end; a restarted
 worker group resumes from the latest one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
 from sslpipe.ssl_ops import build_backbone, get_method, projector
+from sslpipe.ssl_ops.metrics import rankme
 from sslpipe.ssl_ops.optim import build_optimizer, warmup_cosine
+from sslpipe.ssl_ops.sync_batchnorm import convert_to_global_batchnorm
 
 from .stages.pretrain import PretrainConfig
 
 
+class TrainingStopped(RuntimeError):
+    """A guard stopped training (NaN/Inf or collapse); the last good checkpoint is kept."""
+
+
 class MultiViewEncoder(nn.Module):
-    """Backbone + projector applied to every view in one forward call (one DDP forward)."""
+    """Backbone + projector applied to every view in one forward call (one DDP forward).
+
+    Returns the projections of all views and the backbone features of the first view (for
+    the online probe).
+    """
 
     def __init__(self, backbone: nn.Module, projector_dims: list[int]) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector(backbone.feature_dim, projector_dims)
 
-    def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.projector(self.backbone(view)) for view in views]
+    def forward(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        features = [self.backbone(view) for view in views]
+        return [self.projector(f) for f in features], features[0]
+
+
+def build_encoder(config: PretrainConfig, world_size: int, device: torch.device) -> nn.Module:
+    """The encoder with batch norm over the global batch when several workers train."""
+    torch.manual_seed(config.seed)
+    backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
+    encoder = MultiViewEncoder(backbone, config.resolved()["projector"])
+    if world_size > 1:
+        if device.type == "cuda":
+            encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        else:
+            encoder = convert_to_global_batchnorm(encoder)
+    if device.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+    return encoder.to(device)
+
+
+def learning_rate(config: PretrainConfig) -> float:
+    """``base_lr × global_batch / 256`` for methods that scale linearly, else ``base_lr``."""
+    base_lr = config.resolved()["base_lr"]
+    if get_method(config.method).lr_scaling == "linear":
+        return base_lr * config.global_batch_size / 256
+    return base_lr
+
+
+@dataclass
+class StepResult:
+    values: dict[str, float]
+    projections: list[torch.Tensor]
+    features: torch.Tensor
+
+
+def train_step(
+    model: nn.Module,
+    views: list[torch.Tensor],
+    config: PretrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+) -> StepResult:
+    """One optimizer step; raises ``TrainingStopped`` naming the step and the non-finite term."""
+    device = views[0].device
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and config.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        projections, features = model(views)
+        try:
+            out = get_method(config.method).loss(projections, **config.loss)
+        except FloatingPointError as error:
+            raise TrainingStopped(f"step {step}: {error}") from None
+    values = {name: float(value.detach()) for name, value in out.items()}
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingStopped(f"step {step}: non-finite {', '.join(bad)} ({values})")
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return StepResult(values, [p.detach() for p in projections], features.detach())
+
+
+@dataclass
+class Monitor:
+    """Online linear probe on detached features, RankMe and the collapse guard."""
+
+    probe: nn.Linear | None
+    optimizer: torch.optim.Optimizer | None
+    config: PretrainConfig
+    low_std_checks: int = 0
+    correct: int = 0
+    seen: int = 0
+    latest: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: PretrainConfig, feature_dim: int, num_classes: int, device):
+        if num_classes <= 1:
+            return cls(None, None, config)
+        probe = nn.Linear(feature_dim, num_classes).to(device)
+        return cls(probe, torch.optim.Adam(probe.parameters(), lr=1e-3), config)
+
+    def observe(self, result: StepResult, labels: torch.Tensor, step: int) -> dict[str, float]:
+        z = result.projections[0].float()
+        normalised_std = float(F.normalize(z, dim=1).std(dim=0).mean()) * math.sqrt(z.shape[1])
+        record = {"embedding_std": float(z.std(dim=0).mean()), "normalised_std": normalised_std}
+        labelled = labels >= 0
+        if self.probe is not None and labelled.any():
+            logits = self.probe(result.features.float()[labelled])
+            loss = F.cross_entropy(logits, labels[labelled])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.correct += int((logits.argmax(1) == labels[labelled]).sum())
+            self.seen += int(labelled.sum())
+        if step % self.config.monitor_every_steps == 0:
+            self.latest = {"rankme": float(rankme(z))}
+            if self.seen:
+                self.latest["online_probe_top1"] = 100.0 * self.correct / self.seen
+                self.correct = self.seen = 0
+            self._check_collapse(normalised_std, step)
+        return record | self.latest
+
+    def _check_collapse(self, normalised_std: float, step: int) -> None:
+        if normalised_std >= self.config.collapse_std_threshold:
+            self.low_std_checks = 0
+            return
+        self.low_std_checks += 1
+        if self.low_std_checks >= self.config.collapse_patience:
+            raise TrainingStopped(
+                f"step {step}: representation collapse — normalised embedding std "
+                f"{normalised_std:.4f} < {self.config.collapse_std_threshold} for "
+                f"{self.low_std_checks} consecutive checks (set collapse_std_threshold: 0 "
+                "to disable)"
+            )
 
 
 def model_description(config: PretrainConfig, feature_dim: int) -> dict[str, Any]:
@@ -47,6 +182,7 @@ def model_description(config: PretrainConfig, feature_dim: int) -> dict[str, Any
         "backbone": config.backbone,
         "cifar_stem": config.cifar_stem,
         "feature_dim": feature_dim,
+        "projector": config.resolved()["projector"],
         "input_size": recipe.size,
         "mean": list(recipe.mean),
         "std": list(recipe.std),
@@ -54,28 +190,53 @@ def model_description(config: PretrainConfig, feature_dim: int) -> dict[str, Any
     }
 
 
-def _save_checkpoint(
-    directory: Path,
-    encoder: MultiViewEncoder,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    progress: dict[str, int],
-    history: list[dict[str, float]],
-    description: dict[str, Any],
-) -> None:
-    torch.save(
-        {
-            "encoder": encoder.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": progress,
-            "torch_rng": torch.get_rng_state(),
-        },
-        directory / "state.pt",
-    )
-    torch.save(encoder.backbone.state_dict(), directory / "backbone.pt")
-    (directory / "model.json").write_text(json.dumps(description, indent=2) + "\n")
-    (directory / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds; ``step`` counts optimizer steps since the start."""
+
+    encoder: MultiViewEncoder
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    description: dict[str, Any]
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def save(self, directory: Path) -> None:
+        torch.save(
+            {
+                "encoder": self.encoder.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "torch_rng": torch.get_rng_state(),
+            },
+            directory / "state.pt",
+        )
+        torch.save(self.encoder.backbone.state_dict(), directory / "backbone.pt")
+        torch.save(self.encoder.state_dict(), directory / "encoder.pt")
+        (directory / "model.json").write_text(json.dumps(self.description, indent=2) + "\n")
+        history = "".join(json.dumps(h) + "\n" for h in self.history)
+        (directory / "history.jsonl").write_text(history)
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "state.pt", weights_only=False, map_location="cpu")
+        self.encoder.load_state_dict(state["encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        lines = (directory / "history.jsonl").read_text().splitlines()
+        self.history = [json.loads(line) for line in lines][: self.step]
+
+
+def _report(state: TrainState, metrics: dict[str, float], rank: int) -> None:
+    """Report to Ray Train (every rank must call); rank 0 attaches the checkpoint."""
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            state.save(Path(directory))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -86,13 +247,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(config.seed)
 
-    backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
-    encoder = MultiViewEncoder(backbone, settings["projector"]).to(device)
-    model = ray.train.torch.prepare_model(encoder)
-    method = get_method(config.method)
-
+    encoder = build_encoder(config, world, device)
+    model = ray.train.torch.prepare_model(encoder, move_to_device=False)
     local_batch = config.global_batch_size // world
     loader = ViewLoader(
         [Path(s) for s in loop_config["shards"]],
@@ -103,84 +260,79 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             num_shards=world,
             seed=config.seed + rank,
             num_threads=config.dali_threads,
-            device="gpu" if config.use_gpu else "cpu",
+            device="gpu" if device.type == "cuda" else "cpu",
         ),
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
-    lr = settings["base_lr"] * config.global_batch_size / 256
     optimizer = build_optimizer(
-        settings["optimizer"], encoder, lr=lr, weight_decay=settings["weight_decay"]
+        settings["optimizer"],
+        encoder,
+        lr=learning_rate(config),
+        weight_decay=settings["weight_decay"],
     )
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps)
     )
-
-    progress = {"epoch": 0, "step": 0}
-    history: list[dict[str, float]] = []
+    state = TrainState(
+        encoder, optimizer, scheduler, model_description(config, encoder.backbone.feature_dim)
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "state.pt", weights_only=False)
-            history_text = (Path(directory) / "history.jsonl").read_text()
-            history = [json.loads(line) for line in history_text.splitlines()]
-        encoder.load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress = state["progress"]
-        torch.set_rng_state(state["torch_rng"])
+            state.load(Path(directory))
+        if rank == 0:
+            print(f"[pretrain] resumed from step {state.step}/{total_steps}", flush=True)
+    monitor = Monitor.create(
+        config, encoder.backbone.feature_dim, loop_config["num_classes"], device
+    )
 
-    description = model_description(config, backbone.feature_dim)
-    for epoch in range(progress["epoch"], config.epochs):
-        model.train()
-        epoch_start = time.perf_counter()
+    while state.step < total_steps:
+        epoch = state.step // steps_per_epoch
+        skip = state.step - epoch * steps_per_epoch  # batches of this epoch already trained
+        epoch_start = ready = time.perf_counter()
         waited = 0.0
-        ready = time.perf_counter()
-        for views, _labels in loader:
+        for index, (views, labels) in enumerate(loader):
+            if index < skip:
+                continue
             fetched = time.perf_counter()
             waited += fetched - ready
-            embeddings = model([v.to(device, non_blocking=True) for v in views])
-            out = method.loss(embeddings, **config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            progress["step"] += 1
+            views = [v.to(device, non_blocking=True) for v in views]
+            if device.type == "cuda":
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            result = train_step(model, views, config, optimizer, scheduler, state.step + 1)
+            state.step += 1
             step_seconds, wait_seconds = time.perf_counter() - ready, fetched - ready
             ready = time.perf_counter()
-            record = {name: float(value.detach()) for name, value in out.items()}
+            record = result.values | monitor.observe(result, labels.to(device), state.step)
             record |= {
-                "step": progress["step"],
+                "step": state.step,
                 "epoch": epoch,
                 "lr": scheduler.get_last_lr()[0],
-                "embedding_std": float(embeddings[0].detach().std(dim=0).mean()),
                 "images_per_s": config.global_batch_size / step_seconds,
+                "images_per_s_per_worker": local_batch / step_seconds,
                 "data_wait_share": wait_seconds / step_seconds,
             }
-            history.append(record)
-            if rank == 0 and progress["step"] % config.log_every_steps == 0:
+            state.history.append(record)
+            if rank == 0 and state.step % config.log_every_steps == 0:
                 print(
                     f"[pretrain] epoch {epoch + 1}/{config.epochs} "
-                    f"step {progress['step']}/{total_steps} loss {record['loss']:.4f}",
+                    f"step {state.step}/{total_steps} loss {record['loss']:.4f} "
+                    f"{record['images_per_s']:.0f} img/s",
                     flush=True,
                 )
-        elapsed = time.perf_counter() - epoch_start
-        progress["epoch"] = epoch + 1
-        metrics = {
-            "epoch": epoch + 1,
-            "step": progress["step"],
-            "loss": history[-1]["loss"],
-            "epoch_seconds": elapsed,
-            "images_per_s": steps_per_epoch * config.global_batch_size / elapsed,
-            "data_wait_share": waited / elapsed,
-        }
-        with tempfile.TemporaryDirectory() as directory:
-            if rank == 0:
-                _save_checkpoint(
-                    Path(directory), encoder, optimizer, scheduler, progress, history, description
-                )
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
+            end_of_epoch = state.step % steps_per_epoch == 0
+            periodic = config.checkpoint_every_steps and (
+                state.step % config.checkpoint_every_steps == 0
             )
+            if end_of_epoch or periodic:
+                elapsed = time.perf_counter() - epoch_start
+                metrics = {
+                    "epoch": epoch + (1 if end_of_epoch else 0),
+                    "step": state.step,
+                    "loss": record["loss"],
+                    "images_per_s": (index + 1 - skip) * config.global_batch_size / elapsed,
+                    "data_wait_share": waited / elapsed,
+                }
+                _report(state, metrics, rank)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from sslpipe.datasets.ingest import split_shards
+from sslpipe.datasets.ingest import read_manifest, split_shards
 from sslpipe.datasets.recipes import (
     PRESETS,
     ViewOverrides,
@@ -22,6 +22,7 @@ from sslpipe.datasets.recipes import (
 from sslpipe.ssl_ops import BACKBONES, METHODS, get_method
 from sslpipe.ssl_ops.optim import OPTIMIZERS
 
+from ..errors import UserError
 from ..ray_runtime import ensure_ray
 from .base import StageConfig, StageContext
 
@@ -30,7 +31,7 @@ BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
-MODEL_FILES = ("backbone.pt", "model.json", "history.jsonl")
+MODEL_FILES = ("backbone.pt", "encoder.pt", "model.json", "history.jsonl")
 
 
 class PretrainConfig(StageConfig):
@@ -59,8 +60,17 @@ class PretrainConfig(StageConfig):
     use_gpu: bool = False
     dali_threads: int = Field(2, gt=0)
     seed: int = 0
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast on GPU")
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     log_every_steps: int = Field(10, gt=0)
-    max_failures: int = Field(0, ge=0)
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="and at epoch ends")
+    checkpoints_to_keep: int = Field(2, gt=0)
+    max_failures: int = Field(0, ge=0, description="worker-group restarts from a checkpoint")
+    monitor_every_steps: int = Field(50, gt=0, description="RankMe, online probe, collapse")
+    collapse_std_threshold: float = Field(
+        0.05, ge=0, description="stop when √D·std(normalised z) stays below this; 0 disables"
+    )
+    collapse_patience: int = Field(3, gt=0, description="consecutive low-std checks to stop")
 
     @model_validator(mode="after")
     def _views_are_valid(self) -> PretrainConfig:
@@ -85,34 +95,55 @@ class PretrainConfig(StageConfig):
 
 
 def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     from ..pretrain_worker import train_worker
 
     if config.global_batch_size % config.num_workers:
-        raise ValueError("global_batch_size must be divisible by num_workers")
+        raise UserError(
+            f"stage {config.name!r}: global_batch_size {config.global_batch_size} is not "
+            f"divisible by num_workers {config.num_workers}"
+        )
     ensure_ray()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
+            "num_classes": read_manifest(ctx.inputs["data"])["num_classes"],
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": 1},
+            resources_per_worker={"CPU": 1, **({"GPU": 1} if config.use_gpu else {})},
         ),
         run_config=RunConfig(
+            # Named by the stage fingerprint: a rerun after a crash resumes this run's
+            # latest checkpoint, a changed config starts afresh.
             name=f"{config.name}-{ctx.run_id}",
             storage_path=str((ctx.workdir / "_ray").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as error:
+        raise UserError(f"stage {config.name!r}: {_root_cause(error)}") from None
     with result.checkpoint.as_directory() as checkpoint_dir:
         for name in MODEL_FILES:
             shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
     return {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+
+
+def _root_cause(error: BaseException) -> str:
+    """The last line of the worker's error (Ray wraps it in several layers)."""
+    text = str(error).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), repr(error))
