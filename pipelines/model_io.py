@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslpipe.ssl_ops import build_backbone
+from sslpipe.ssl_ops import build_backbone, projector
 
 
 def read_description(model_dir: Path) -> dict[str, Any]:
@@ -27,3 +27,18 @@ def load_backbone(model_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     state = torch.load(Path(model_dir) / "backbone.pt", map_location="cpu", weights_only=True)
     backbone.load_state_dict(state)
     return backbone.eval(), description
+
+
+def load_encoder(model_dir: Path) -> nn.Module:
+    """Backbone followed by the projector, as trained (eval mode): ``images → embeddings``."""
+    description = read_description(model_dir)
+    backbone = build_described_backbone(description)
+    encoder = nn.Sequential(backbone, projector(backbone.feature_dim, description["projector"]))
+    state = torch.load(Path(model_dir) / "encoder.pt", map_location="cpu", weights_only=True)
+    encoder[0].load_state_dict(
+        {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    )
+    encoder[1].load_state_dict(
+        {k.removeprefix("projector."): v for k, v in state.items() if k.startswith("projector.")}
+    )
+    return encoder.eval()

@@ -175,7 +175,9 @@ class Monitor:
             )
 
 
-def model_description(config: PretrainConfig, feature_dim: int) -> dict[str, Any]:
+def model_description(
+    config: PretrainConfig, feature_dim: int, data_fingerprint: str
+) -> dict[str, Any]:
     recipe = config.recipes()[0]
     return {
         "method": config.method,
@@ -187,6 +189,7 @@ def model_description(config: PretrainConfig, feature_dim: int) -> dict[str, Any
         "mean": list(recipe.mean),
         "std": list(recipe.std),
         "epochs": config.epochs,
+        "data_fingerprint": data_fingerprint,
     }
 
 
@@ -276,7 +279,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps)
     )
     state = TrainState(
-        encoder, optimizer, scheduler, model_description(config, encoder.backbone.feature_dim)
+        encoder,
+        optimizer,
+        scheduler,
+        model_description(config, encoder.backbone.feature_dim, loop_config["data_fingerprint"]),
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from safetensors.torch import save_file
 
-from ..model_io import load_backbone
+from ..model_io import load_backbone, load_encoder
 from .base import StageConfig, StageContext
 
 ONNX_TOLERANCE = 1e-4
@@ -29,6 +29,7 @@ class ExportConfig(StageConfig):
     type: Literal["export"]
     model: str = Field(description="name of the pretrain stage to export")
     probe: str | None = Field(None, description="probe stage whose metrics go on the card")
+    include_projector: bool = Field(False, description="export backbone + projector")
     opset: int = Field(18, ge=18)
     check_batch_size: int = Field(3, gt=0, description="batch used for the onnxruntime check")
 
@@ -53,9 +54,10 @@ def _check_onnx(path: Path, backbone: torch.nn.Module, size: int, batch_size: in
 
 def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
     backbone, description = load_backbone(ctx.inputs["model"])
+    network = load_encoder(ctx.inputs["model"]) if config.include_projector else backbone
     size = description["input_size"]
     example = torch.randn(2, 3, size, size)
-    program = _export_program(backbone, example)
+    program = _export_program(network, example)
     torch.export.save(program, ctx.out_dir / "model.pt2")
     onnx_path = ctx.out_dir / "model.onnx"
     torch.onnx.export(
@@ -67,8 +69,9 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         opset_version=config.opset,
         dynamo=True,
         external_data=False,
+        verbose=False,
     )
-    max_diff = _check_onnx(onnx_path, backbone, size, config.check_batch_size)
+    max_diff = _check_onnx(onnx_path, network, size, config.check_batch_size)
     if max_diff > ONNX_TOLERANCE:
         raise RuntimeError(
             f"ONNX output differs from torch by {max_diff:.2e} (> {ONNX_TOLERANCE:.0e})"
@@ -84,6 +87,10 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
             "onnx": "model.onnx",
             "safetensors": "backbone.safetensors",
         },
+        "outputs": "projector" if config.include_projector else "backbone features",
+        "output_dim": description["projector"][-1]
+        if config.include_projector
+        else description["feature_dim"],
         "onnx_opset": config.opset,
         "onnx_max_abs_diff": max_diff,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},

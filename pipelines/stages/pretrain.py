@@ -111,13 +111,15 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             f"stage {config.name!r}: global_batch_size {config.global_batch_size} is not "
             f"divisible by num_workers {config.num_workers}"
         )
+    manifest = read_manifest(ctx.inputs["data"])
     ensure_ray()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
-            "num_classes": read_manifest(ctx.inputs["data"])["num_classes"],
+            "num_classes": manifest["num_classes"],
+            "data_fingerprint": manifest["source_fingerprint"],
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,

@@ -1,12 +1,18 @@
-"""Probe stage: a linear classifier on frozen backbone features, against a random-init baseline.
+"""Probe stage: frozen-backbone evaluation — a linear classifier and a weighted kNN.
 
-Features of the ingest stage's train and val splits are extracted once with the deterministic
-``eval`` view through DALI; the classifier is trained on train features and scored on val.
+Features of the labelled train and evaluation splits are extracted once with the deterministic
+``eval`` view through DALI. The evaluation split is the ingest stage's ``val`` split, or the
+whole of a separately ingested labelled set named by ``test``. With ``random_init_baseline``
+the same probes run on a randomly initialised backbone of the same architecture.
+
+``metrics.json`` holds ``top1`` (the linear probe's, the headline figure), ``top1_random_init``,
+and per probe kind its top-1/top-5 and per-class accuracy.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,22 +23,29 @@ from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
 from sslpipe.datasets.ingest import read_manifest, split_shards
-from sslpipe.datasets.recipes import ViewRecipe, get_recipe
+from sslpipe.datasets.recipes import ViewRecipe, apply_overrides, get_recipe
 
+from ..errors import UserError
 from ..model_io import build_described_backbone, load_backbone
 from .base import StageConfig, StageContext
 
+Features = tuple[torch.Tensor, torch.Tensor]
+
 
 class ProbeConfig(StageConfig):
-    inputs: ClassVar[dict[str, str]] = {"model": "pretrain", "data": "ingest"}
+    inputs: ClassVar[dict[str, str]] = {"model": "pretrain", "data": "ingest", "test": "ingest"}
 
     type: Literal["probe"]
     model: str = Field(description="name of the pretrain stage whose backbone is probed")
-    data: str = Field(description="name of the ingest stage with labelled train/val splits")
+    data: str = Field(description="ingest stage whose train split trains the probes")
+    test: str | None = Field(None, description="ingest stage to evaluate on; default: data's val")
+    kinds: list[Literal["linear", "knn"]] = Field(["linear", "knn"], min_length=1)
     epochs: int = Field(100, gt=0, description="linear classifier epochs")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="linear classifier AdamW learning rate")
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(256, gt=0)
+    knn_k: list[int] = Field([20, 200], min_length=1, description="neighbours (Wu et al. 2018)")
+    knn_temperature: float = Field(0.07, gt=0)
     random_init_baseline: bool = True
     dali_threads: int = Field(2, gt=0)
     seed: int = 0
@@ -41,7 +54,7 @@ class ProbeConfig(StageConfig):
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module, shards: list[Path], recipe: ViewRecipe, *, batch_size: int, threads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Features:
     """Every sample of ``shards`` exactly once: features and labels."""
     loader = ViewLoader(
         shards,
@@ -55,16 +68,32 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def train_linear_probe(
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    config: ProbeConfig,
+def accuracy(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Top-1, top-5 (with at least 5 classes), per-class top-1 and the confusion matrix."""
+    predicted = scores.argmax(dim=1)
+    correct = predicted == labels
+    result: dict[str, Any] = {"top1": 100.0 * float(correct.float().mean())}
+    if num_classes >= 5:
+        top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(dim=1)
+        result["top5"] = 100.0 * float(top5.float().mean())
+    result["per_class_top1"] = [
+        100.0 * float(correct[labels == c].float().mean()) if (labels == c).any() else None
+        for c in range(num_classes)
+    ]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(predicted), accumulate=True)
+    result["confusion"] = confusion.tolist()
+    return result
+
+
+def linear_probe(
+    train: Features, test: Features, num_classes: int, config: ProbeConfig
 ) -> dict[str, Any]:
-    """Standardised features → linear layer (AdamW, cosine lr); top-1 and per-class accuracy."""
+    """Standardised features → linear layer, AdamW with cosine decay, full epochs."""
     generator = torch.Generator().manual_seed(config.seed)
     mean, std = train[0].mean(dim=0), train[0].std(dim=0) + 1e-6
-    x_train, x_val = (train[0] - mean) / std, (val[0] - mean) / std
+    x_train, x_test = (train[0] - mean) / std, (test[0] - mean) / std
+    torch.manual_seed(config.seed)
     classifier = nn.Linear(x_train.shape[1], num_classes)
     optimizer = torch.optim.AdamW(
         classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -79,55 +108,102 @@ def train_linear_probe(
             optimizer.step()
         scheduler.step()
     with torch.no_grad():
-        predicted = classifier(x_val).argmax(dim=1)
-    correct = predicted == val[1]
-    per_class = [
-        float(correct[val[1] == c].float().mean()) if (val[1] == c).any() else None
-        for c in range(num_classes)
-    ]
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((val[1], predicted), torch.ones_like(predicted), accumulate=True)
-    return {
-        "top1": 100.0 * float(correct.float().mean()),
-        "per_class_top1": per_class,
-        "confusion": confusion.tolist(),
-    }
+        return accuracy(classifier(x_test), test[1], num_classes)
 
 
-def _probe(backbone: nn.Module, data_dir: Path, recipe: ViewRecipe, config: ProbeConfig):
+@torch.no_grad()
+def knn_probe(
+    train: Features, test: Features, num_classes: int, config: ProbeConfig
+) -> dict[str, Any]:
+    """Weighted kNN on cosine similarity (Wu et al., CVPR 2018): votes weighted exp(s/τ)."""
+    bank = F.normalize(train[0], dim=1)
+    results = {}
+    for k in config.knn_k:
+        k_eff = min(k, len(bank))
+        scores = []
+        for queries in F.normalize(test[0], dim=1).split(1024):
+            similarity, index = (queries @ bank.T).topk(k_eff, dim=1)
+            votes = torch.zeros(len(queries), num_classes)
+            votes.scatter_add_(1, train[1][index], (similarity / config.knn_temperature).exp())
+            scores.append(votes)
+        results[f"k{k}"] = accuracy(torch.cat(scores), test[1], num_classes)
+    return results
+
+
+PROBES: dict[str, Callable[[Features, Features, int, ProbeConfig], dict[str, Any]]] = {
+    "linear": linear_probe,
+    "knn": knn_probe,
+}
+
+
+def _evaluate(
+    backbone: nn.Module,
+    splits: dict[str, list[Path]],
+    recipe: ViewRecipe,
+    num_classes: int,
+    config: ProbeConfig,
+) -> dict[str, Any]:
     features = {
-        split: extract_features(
-            backbone,
-            split_shards(data_dir, split),
-            recipe,
-            batch_size=config.batch_size,
-            threads=config.dali_threads,
+        name: extract_features(
+            backbone, shards, recipe, batch_size=config.batch_size, threads=config.dali_threads
         )
-        for split in ("train", "val")
+        for name, shards in splits.items()
     }
-    num_classes = read_manifest(data_dir)["num_classes"]
-    return train_linear_probe(features["train"], features["val"], num_classes, config)
+    return {
+        kind: PROBES[kind](features["train"], features["test"], num_classes, config)
+        for kind in config.kinds
+    }
+
+
+def _splits(config: ProbeConfig, ctx: StageContext) -> tuple[dict[str, list[Path]], int]:
+    data = ctx.inputs["data"]
+    manifest = read_manifest(data)
+    if config.test is not None:
+        test_dir = ctx.inputs["test"]
+        test_shards = split_shards(test_dir, "train") + split_shards(test_dir, "val")
+    else:
+        if manifest["splits"]["val"]["num_samples"] == 0:
+            raise UserError(
+                f"stage {config.name!r}: ingest stage {config.data!r} has an empty val split; "
+                "set its val_fraction > 0 or name a labelled test set with `test:`"
+            )
+        test_shards = split_shards(data, "val")
+    return {"train": split_shards(data, "train"), "test": test_shards}, manifest["num_classes"]
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The linear probe's top-1 when it ran, else the first kNN's."""
+    first = results["linear"] if "linear" in results else next(iter(results["knn"].values()))
+    return first
 
 
 def run(config: ProbeConfig, ctx: StageContext) -> dict[str, Any]:
-    data_dir = ctx.inputs["data"]
-    if read_manifest(data_dir)["splits"]["val"]["num_samples"] == 0:
-        raise ValueError(f"stage {config.data!r} has an empty val split: set val_fraction > 0")
+    splits, num_classes = _splits(config, ctx)
     backbone, description = load_backbone(ctx.inputs["model"])
-    recipe = get_recipe("eval")[0].model_copy(
-        update={
+    recipe = apply_overrides(
+        get_recipe("eval"),
+        {
             "size": description["input_size"],
             "center_crop_fraction": 1.0,
             "mean": tuple(description["mean"]),
             "std": tuple(description["std"]),
-        }
-    )
-    result = _probe(backbone, data_dir, recipe, config)
-    metrics: dict[str, Any] = {"top1": result["top1"], "per_class_top1": result["per_class_top1"]}
+        },
+    )[0]
+    results = _evaluate(backbone, splits, recipe, num_classes, config)
+    headline = _headline(results)
+    metrics: dict[str, Any] = {"top1": headline["top1"], **results}
     if config.random_init_baseline:
         torch.manual_seed(config.seed)
         baseline = build_described_backbone(description).eval()
-        metrics["top1_random_init"] = _probe(baseline, data_dir, recipe, config)["top1"]
+        random_results = _evaluate(baseline, splits, recipe, num_classes, config)
+        metrics["top1_random_init"] = _headline(random_results)["top1"]
+        metrics["random_init"] = random_results
+    confusion = headline.get("confusion")
+    (ctx.out_dir / "confusion.json").write_text(json.dumps(confusion) + "\n")
     (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (ctx.out_dir / "confusion.json").write_text(json.dumps(result["confusion"]) + "\n")
-    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+    summary = {"top1": metrics["top1"]}
+    if "top1_random_init" in metrics:
+        summary["top1_random_init"] = metrics["top1_random_init"]
+    for k, result in results.get("knn", {}).items():
+        summary[f"knn_{k}_top1"] = result["top1"]
+    return summary
