@@ -72,9 +72,9 @@ def build_encoder(config: PretrainConfig, world_size: int, device: torch.device)
     return encoder.to(device)
 
 
-def learning_rate(config: PretrainConfig) -> float:
+def learning_rate(config: PretrainConfig, base_lr: float | None = None) -> float:
     """``base_lr × global_batch / 256`` for methods that scale linearly, else ``base_lr``."""
-    base_lr = config.resolved()["base_lr"]
+    base_lr = config.resolved()["base_lr"] if base_lr is None else base_lr
     if get_method(config.method).lr_scaling == "linear":
         return base_lr * config.global_batch_size / 256
     return base_lr
@@ -273,6 +273,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         encoder,
         lr=learning_rate(config),
         weight_decay=settings["weight_decay"],
+        bias_lr=learning_rate(config, settings["bias_lr"]) if settings["bias_lr"] else None,
     )
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -75,16 +75,27 @@ def _without_lars_flags(groups: list[dict]) -> list[dict]:
 OPTIMIZERS = {
     "lars": lambda groups, lr: LARS(groups, lr=lr),
     "sgd": lambda groups, lr: torch.optim.SGD(_without_lars_flags(groups), lr=lr, momentum=0.9),
+    "adam": lambda groups, lr: torch.optim.Adam(_without_lars_flags(groups), lr=lr),
     "adamw": lambda groups, lr: torch.optim.AdamW(_without_lars_flags(groups), lr=lr),
 }
 
 
 def build_optimizer(
-    name: str, model: nn.Module, *, lr: float, weight_decay: float
+    name: str,
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    bias_lr: float | None = None,
 ) -> torch.optim.Optimizer:
+    """Optimizer over weight / bias-and-norm groups; ``bias_lr`` gives the latter their own lr
+    (Barlow Twins trains biases and BN parameters at 0.0048 against 0.2 for weights)."""
     if name not in OPTIMIZERS:
         raise KeyError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](_parameter_groups(model, weight_decay), lr)
+    groups = _parameter_groups(model, weight_decay)
+    if bias_lr is not None:
+        groups[1]["lr"] = bias_lr
+    return OPTIMIZERS[name](groups, lr)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, end_factor: float = 0.001):

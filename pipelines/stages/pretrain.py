@@ -91,6 +91,8 @@ class PretrainConfig(StageConfig):
             "weight_decay": (
                 self.weight_decay if self.weight_decay is not None else method.weight_decay
             ),
+            # The method's separate bias/norm lr applies only with its own base_lr.
+            "bias_lr": method.lr_biases if self.base_lr is None else None,
         }
 
 
