@@ -68,6 +68,29 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """Sum over ranks; backward sums the ranks' gradients, as for ``_GatherWithGrad``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = x.detach().clone().contiguous()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, differentiable (each rank gets the summed upstream gradient)."""
+    if world_size() == 1:
+        return x
+    return _AllReduceSumWithGrad.apply(x)
+
+
 def broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
     """Rank 0's copy of ``x`` on every rank (random permutations and negatives must agree).
 

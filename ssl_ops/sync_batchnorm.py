@@ -9,10 +9,9 @@ process holding the whole global batch.
 from __future__ import annotations
 
 import torch
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from .distributed import world_size
+from .distributed import all_reduce_with_grad, world_size
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -34,7 +33,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 x.new_full((1,), x.numel() / channels),
             ]
         )
-        total = dist_fn.all_reduce(local)
+        total = all_reduce_with_grad(local)
         count = total[-1]
         mean = total[:channels] / count
         var = total[channels : 2 * channels] / count - mean.square()  # biased, as BN normalises
