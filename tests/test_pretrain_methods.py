@@ -1,0 +1,90 @@
+"""Every registered method trains through the pretrain step: finite loss, parameters move."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslpipe.pipelines.pretrain_worker import (
+    Monitor,
+    StepResult,
+    TrainingStopped,
+    build_encoder,
+    learning_rate,
+    train_step,
+)
+from sslpipe.pipelines.stages.pretrain import PretrainConfig
+from sslpipe.ssl_ops import METHODS
+from sslpipe.ssl_ops.optim import build_optimizer
+
+TRAINABLE = sorted(name for name, method in METHODS.items() if method.views != "pirl")
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+def test_one_step_of_every_method(method: str) -> None:
+    config = PretrainConfig.model_validate(
+        {
+            "name": "pretrain",
+            "type": "pretrain",
+            "data": "ingest",
+            "method": method,
+            "backbone": "small_cnn",
+            "projector": [96, 64],
+            "global_batch_size": 128,
+        }
+    )
+    settings = config.resolved()
+    encoder = build_encoder(config, 1, torch.device("cpu"))
+    optimizer = build_optimizer(
+        settings["optimizer"], encoder, lr=learning_rate(config), weight_decay=1e-6
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    before = [p.detach().clone() for p in encoder.parameters()]
+    generator = torch.Generator().manual_seed(0)
+    views = [
+        torch.randn(128, 3, 16, 16, generator=generator) for _ in range(METHODS[method].num_views)
+    ]
+    result = train_step(encoder, views, config, optimizer, scheduler, step=1)
+    assert torch.isfinite(torch.tensor(result.values["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+
+
+def _vicreg_config(**overrides) -> PretrainConfig:
+    return PretrainConfig.model_validate(
+        {
+            "name": "pretrain",
+            "type": "pretrain",
+            "data": "ingest",
+            "backbone": "small_cnn",
+            "projector": [32, 32],
+            "global_batch_size": 8,
+            **overrides,
+        }
+    )
+
+
+def test_nan_guard_names_the_step_and_keeps_the_model() -> None:
+    config = _vicreg_config()
+    encoder = build_encoder(config, 1, torch.device("cpu"))
+    optimizer = build_optimizer("sgd", encoder, lr=0.1, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    before = [p.detach().clone() for p in encoder.parameters()]
+    views = [torch.randn(8, 3, 16, 16), torch.full((8, 3, 16, 16), float("nan"))]
+    with pytest.raises(TrainingStopped, match="step 7: .*NaN"):
+        train_step(encoder, views, config, optimizer, scheduler, step=7)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+
+
+def test_collapse_guard_stops_after_patience_checks() -> None:
+    config = _vicreg_config(monitor_every_steps=1, collapse_patience=3)
+    monitor = Monitor.create(config, feature_dim=4, num_classes=2, device="cpu")
+    collapsed = StepResult({"loss": 1.0}, [torch.ones(8, 16)], torch.randn(8, 4))
+    labels = torch.zeros(8, dtype=torch.long)
+    monitor.observe(collapsed, labels, step=1)
+    monitor.observe(collapsed, labels, step=2)
+    with pytest.raises(TrainingStopped, match="step 3: representation collapse"):
+        monitor.observe(collapsed, labels, step=3)
+    healthy = StepResult({"loss": 1.0}, [torch.randn(8, 16)], torch.randn(8, 4))
+    record = monitor.observe(healthy, labels, step=4)
+    assert record["normalised_std"] > 0.5 and "rankme" in record
+    assert "online_probe_top1" in record
