@@ -70,7 +70,7 @@ def test_nan_guard_names_the_step_and_keeps_the_model() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     before = [p.detach().clone() for p in encoder.parameters()]
     views = [torch.randn(8, 3, 16, 16), torch.full((8, 3, 16, 16), float("nan"))]
-    with pytest.raises(TrainingStopped, match="step 7: .*NaN"):
+    with pytest.raises(TrainingStopped, match=r"step 7: .*NaN"):
         train_step(encoder, views, config, optimizer, scheduler, step=7)
     assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
 
