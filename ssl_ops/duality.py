@@ -78,6 +78,8 @@ def vicreg_exp_terms(
 ) -> dict[str, torch.Tensor]:
     """Unweighted invariance, variance and exp-covariance terms of VICReg-exp."""
     z1, z2 = prepare("vicreg_exp_loss", z1, z2)
+    if z1.shape[1] < 2:
+        raise ValueError("vicreg_exp_loss: needs D >= 2 (each row needs an off-diagonal entry)")
 
     def exp_term(z: torch.Tensor) -> torch.Tensor:
         return offdiag_logsumexp(covariance_matrix(z) / temperature).mean()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_utils import spawn_gloo
+
 from sslpipe import ssl_ops
 from sslpipe.ssl_ops.distributed import gather_with_grad
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from sslpipe import ssl_ops
 
 DT = torch.float64
