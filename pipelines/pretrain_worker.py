@@ -244,7 +244,8 @@ def _report(state: TrainState, metrics: dict[str, float], rank: int) -> None:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     # Ray Train logs every report and checkpoint at INFO; the stage prints its own progress.
-    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("", "ray", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     config = PretrainConfig.model_validate(loop_config["config"])
     settings = config.resolved()
     context = ray.train.get_context()
