@@ -1,29 +1,55 @@
-"""Source → train/val WebDataset shards + ``manifest.json``.
+"""Source → validated train/val WebDataset shards + ``manifest.json`` + ``rejected.jsonl``.
 
 Layout of an ingest output directory::
 
     manifest.json
+    rejected.jsonl                       one {"locator", "reason", "detail"} per rejected input
     train/shard-000000.tar, train/shard-000000.idx, ...
     val/shard-000000.tar,   val/shard-000000.idx, ...
 
-The split is stratified and depends only on the keys: within each class the items are
-ordered by ``sha256(seed:key)`` and the first ``round(val_fraction · n)`` go to ``val``.
+Each sample is ``KEY.<ext>`` (the original image bytes, ``ext`` from the detected format) and
+``KEY.label`` (int32 little-endian, read by DALI with ``dtypes=INT32``; −1 = unlabelled); see
+``shards``. The split is stratified and depends only on the keys: within each class the items
+are ordered by ``sha256(seed:key)`` and the first ``round(val_fraction · n)`` go to ``val``.
+It is made from the listing, before validation, so a rejected file leaves a hole in its split
+rather than reshuffling the others.
+
+Every input is loaded and checked (``validate.check_image``) in ``workers`` processes; the
+parent writes the results in listing order, so the output is byte-identical for any number of
+workers. Work happens in ``out_dir/.partial``: each finished shard is recorded in a journal,
+an interrupted run with the same source and settings resumes after the last recorded shard,
+and the finished splits are moved into place before the manifest is written last.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .shards import write_shards
-from .sources import Item, Source
+from tqdm import tqdm
+
+from .samples import UNLABELLED, Sample
+from .shards import ShardInfo, ShardWriter
+from .sources import Item, Rejection, Source
+from .validate import DEFAULT_MAX_PIXELS, Rejected, check_image
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
+REJECTED = "rejected.jsonl"
+PARTIAL = ".partial"
+JOURNAL = "journal.jsonl"
+LABEL_FORMAT = "KEY.label: int32 little-endian (DALI dtypes=INT32), -1 = unlabelled"
+_UNLABELLED_CLASS = "unlabelled"
 
 
 def split_items(items: list[Item], val_fraction: float, seed: int) -> dict[str, list[Item]]:
@@ -43,40 +69,255 @@ def split_items(items: list[Item], val_fraction: float, seed: int) -> dict[str, 
     return split
 
 
+def parse_shard_size(text: str) -> tuple[int, int | None]:
+    """``"10000"`` → (10000 samples, no byte cap); ``"512MB"``/``"1GiB"`` → byte cap."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]i?b?|b)?\s*", text, re.IGNORECASE)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"shard size {text!r}: expected a sample count or bytes like 512MB")
+    number, unit = int(match.group(1)), (match.group(2) or "").lower()
+    if not unit:
+        return number, None
+    power = " kmgt".index(unit[0]) if unit[0] in "kmgt" else 0
+    base = 1024 if "i" in unit else 1000
+    return sys.maxsize, number * base**power
+
+
+# Per worker process: the source and pixel limit, set once by the pool initializer.
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(source: Source, max_pixels: int) -> None:
+    _worker.update(source=source, max_pixels=max_pixels)
+
+
+def _load_checked(item: Item) -> Sample | Rejection:
+    """The sample ready to write, or why it is rejected; never raises for bad input."""
+    try:
+        sample = _worker["source"].load(item)
+    except OSError as error:
+        return Rejection(item.locator, "missing", str(error))
+    try:
+        data, ext = check_image(sample.image, max_pixels=_worker["max_pixels"])
+    except Rejected as rejected:
+        return Rejection(item.locator, rejected.reason, rejected.detail)
+    return Sample(sample.key, data, ext, sample.label)
+
+
+def _checked(items: list[Item], source: Source, workers: int, max_pixels: int) -> Iterator:
+    if workers <= 1 or len(items) < 2 * workers:
+        _init_worker(source, max_pixels)
+        yield from map(_load_checked, items)
+        return
+    # spawn, not fork: the caller may already run DALI or torch threads.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _init_worker, (source, max_pixels)) as pool:
+        yield from pool.imap(_load_checked, items, chunksize=32)
+
+
+class _Journal:
+    """Append-only record of finished shards in ``.partial``; what a resumed run skips."""
+
+    def __init__(self, partial: Path, params: dict[str, Any]) -> None:
+        self.path = partial / JOURNAL
+        self.done: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if not lines or _parse(lines[0]) != {"params": params}:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            self._append({"params": params})
+            return
+        for line in lines[1:]:
+            entry = _parse(line)
+            if entry is None:  # a line torn by the interruption: that shard is redone
+                break
+            self.done[entry["split"]].append(entry)
+        for name, entries in self.done.items():
+            for entry in entries:
+                if not (partial / name / entry["shard"]["name"]).exists():
+                    self.done[name] = entries[: entries.index(entry)]
+                    break
+        self.path.write_text("".join(line + "\n" for line in lines[: 1 + self.num_entries]))
+
+    @property
+    def num_entries(self) -> int:
+        return sum(len(entries) for entries in self.done.values())
+
+    def record(self, split: str, shard: ShardInfo, consumed: int, rejections: list) -> None:
+        entry = {
+            "split": split,
+            "shard": asdict(shard),
+            "consumed": consumed,
+            "rejections": [asdict(r) for r in rejections],
+        }
+        self.done[split].append(entry)
+        self._append(entry)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def ingest(
     source: Source,
     out_dir: Path,
     *,
     shard_size: int = 10_000,
+    shard_bytes: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    workers: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Write ``source`` into ``out_dir`` as train/val shards and return the manifest."""
+    """Write ``source`` into ``out_dir`` as train/val shards and return the manifest.
+
+    ``shard_size`` caps samples per shard and ``shard_bytes`` (if set) bytes per shard.
+    ``progress=None`` shows a bar (images/s, ETA) only when stderr is a terminal. A finished
+    ``out_dir`` with the same source fingerprint and settings is returned unchanged.
+    """
     out_dir = Path(out_dir)
     items = source.items()
     if not items:
         raise ValueError("the source has no images")
+    params = {
+        "source_fingerprint": source.fingerprint(),
+        "shard_size": shard_size,
+        "shard_bytes": shard_bytes,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "max_pixels": max_pixels,
+    }
+    if (out_dir / MANIFEST).exists():
+        previous = read_manifest(out_dir)
+        if previous.get("params") == params:
+            return previous
+    partial = out_dir / PARTIAL
+    journal = _Journal(partial, params)
+    splits = split_items(items, val_fraction, seed)
+    bar = tqdm(
+        total=len(items),
+        unit="img",
+        desc="ingest",
+        disable=not sys.stderr.isatty() if progress is None else not progress,
+    )
+    rejections = list(source.rejections)
+    split_info = {}
+    for name, split in splits.items():
+        done = journal.done[name]
+        consumed = done[-1]["consumed"] if done else 0
+        rejections += [Rejection(**r) for entry in done for r in entry["rejections"]]
+        bar.update(consumed)
+        shards = [ShardInfo(**entry["shard"]) for entry in done]
+        if consumed < len(split) or not split:
+            shards += _write_split(
+                name, split, consumed, source, partial, journal, rejections, bar,
+                max_samples=shard_size, max_bytes=shard_bytes or sys.maxsize,
+                workers=workers, max_pixels=max_pixels,
+            )  # fmt: skip
+        split_info[name] = shards
+    bar.close()
+    return _finish(source, out_dir, partial, params, splits, split_info, rejections)
+
+
+def _write_split(
+    name: str,
+    split: list[Item],
+    consumed: int,
+    source: Source,
+    partial: Path,
+    journal: _Journal,
+    rejections: list[Rejection],
+    bar: tqdm,
+    *,
+    max_samples: int,
+    max_bytes: int,
+    workers: int,
+    max_pixels: int,
+) -> list[ShardInfo]:
+    """Write ``split[consumed:]``, journaling each closed shard; returns the new shards."""
+    todo = split[consumed:]
+    first = len(journal.done[name])
+    pending: list[Rejection] = []  # rejections since the last journaled shard
+    writer = ShardWriter(
+        partial / name, max_samples=max_samples, max_bytes=max_bytes, first_index=first
+    )
+    with writer:
+        for index, result in enumerate(_checked(todo, source, workers, max_pixels)):
+            bar.update(1)
+            if isinstance(result, Rejection):
+                pending.append(result)
+                rejections.append(result)
+                continue
+            closed = len(writer.shards)
+            writer.write(result)
+            if len(writer.shards) > closed:  # writing this sample closed the previous shard
+                journal.record(name, writer.shards[-1], consumed + index, pending)
+                pending = []
+        journaled = len(writer.shards)
+    if len(writer.shards) > journaled:  # closing the writer finished the last shard
+        journal.record(name, writer.shards[-1], len(split), pending)
+    return writer.shards
+
+
+def _finish(
+    source: Source,
+    out_dir: Path,
+    partial: Path,
+    params: dict[str, Any],
+    splits: dict[str, list[Item]],
+    shards: dict[str, list[ShardInfo]],
+    rejections: list[Rejection],
+) -> dict[str, Any]:
+    """Move the finished output into ``out_dir``; the manifest goes last, so it never lists
+    shards that are not in place."""
+    rejected_keys = {r.locator for r in rejections}
     manifest: dict[str, Any] = {
         "classes": {name: index for index, name in enumerate(source.classes)},
         "num_classes": len(source.classes),
-        "source_fingerprint": source.fingerprint(),
-        "val_fraction": val_fraction,
+        "source_fingerprint": params["source_fingerprint"],
+        "val_fraction": params["val_fraction"],
+        "label_format": LABEL_FORMAT,
+        "params": params,
         "splits": {},
     }
-    for name, split in split_items(items, val_fraction, seed).items():
-        shards = write_shards(
-            (source.load(item) for item in split), out_dir / name, max_samples=shard_size
+    for name, split in splits.items():
+        accepted = [item for item in split if item.locator not in rejected_keys]
+        counts = Counter(
+            _UNLABELLED_CLASS if item.label == UNLABELLED else source.classes[item.label]
+            for item in accepted
         )
-        counts: dict[str, int] = defaultdict(int)
-        for item in split:
-            counts[source.classes[item.label]] += 1
+        assert len(accepted) == sum(shard.num_samples for shard in shards[name])
         manifest["splits"][name] = {
-            "num_samples": len(split),
+            "num_samples": len(accepted),
             "class_counts": dict(sorted(counts.items())),
-            "shards": [asdict(shard) for shard in shards],
+            "shards": [asdict(shard) for shard in shards[name]],
         }
-    manifest["num_samples"] = len(items)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest["num_samples"] = sum(split["num_samples"] for split in manifest["splits"].values())
+    rejections = sorted(rejections, key=lambda r: (r.locator, r.reason))
+    manifest["num_rejected"] = len(rejections)
+    manifest["rejected"] = dict(sorted(Counter(r.reason for r in rejections).items()))
+    (partial / REJECTED).write_text(
+        "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rejections)
+    )
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for name in (*SPLITS, REJECTED):
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(partial / name, target)
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    (partial / MANIFEST).write_text(text)
+    os.replace(partial / MANIFEST, out_dir / MANIFEST)
+    shutil.rmtree(partial)
     return manifest
 
 

@@ -64,15 +64,25 @@ class _OpenShard:
 
 
 class ShardWriter:
-    """Writes samples into ``shard-000000.tar …`` in ``out_dir``, capped by samples and bytes."""
+    """Writes samples into ``shard-000000.tar …`` in ``out_dir``, capped by samples and bytes.
+
+    A shard is closed before the sample that would exceed ``max_samples`` or start beyond
+    ``max_bytes`` (so a shard overshoots the byte cap by at most one sample).
+    """
 
     def __init__(
-        self, out_dir: Path, *, max_samples: int = 10_000, max_bytes: int = 1 << 30
+        self,
+        out_dir: Path,
+        *,
+        max_samples: int = 10_000,
+        max_bytes: int = 1 << 30,
+        first_index: int = 0,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.first_index = first_index  # resuming: shards before it are already written
         self.shards: list[ShardInfo] = []
         self._current: _OpenShard | None = None
 
@@ -122,7 +132,7 @@ class ShardWriter:
         return tar.offset - padded
 
     def _open_next(self) -> _OpenShard:
-        path = self.out_dir / shard_name(len(self.shards))
+        path = self.out_dir / shard_name(self.first_index + len(self.shards))
         tmp_path = path.with_name(f".{path.name}.tmp")
         tar = tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in _close_current)
         self._current = _OpenShard(path=path, tmp_path=tmp_path, tar=tar)
