@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from .cli_datasets import register_bench_loader, register_ingest
 from .errors import SpecError, UserError
 
 
@@ -46,6 +47,8 @@ def register_run(commands: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_run,
     register_validate,
+    register_ingest,
+    register_bench_loader,
 ]
 
 
