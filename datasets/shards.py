@@ -66,8 +66,9 @@ class _OpenShard:
 class ShardWriter:
     """Writes samples into ``shard-000000.tar …`` in ``out_dir``, capped by samples and bytes.
 
-    A shard is closed before the sample that would exceed ``max_samples`` or start beyond
-    ``max_bytes`` (so a shard overshoots the byte cap by at most one sample).
+    A shard is closed before the sample that would exceed ``max_samples`` or push its members
+    past ``max_bytes`` (only a single sample larger than the cap makes a bigger shard; tar's
+    end-of-archive record padding, up to 10 KiB, comes on top).
     """
 
     def __init__(
@@ -90,14 +91,16 @@ class ShardWriter:
         if "." in sample.key or "/" in sample.key:
             raise ValueError(f"sample key {sample.key!r} must not contain '.' or '/'")
         shard = self._current
+        members = [(sample.ext, sample.image), (LABEL_EXT, encode_label(sample.label))]
+        needed = sum(_BLOCK + -(-len(payload) // _BLOCK) * _BLOCK for _, payload in members)
         if shard is not None and (
-            len(shard.index_lines) >= self.max_samples or shard.tar.offset >= self.max_bytes
+            len(shard.index_lines) >= self.max_samples
+            or shard.tar.offset + needed > self.max_bytes
         ):
             self._close_current()
             shard = None
         if shard is None:
             shard = self._open_next()
-        members = [(sample.ext, sample.image), (LABEL_EXT, encode_label(sample.label))]
         line = []
         for ext, payload in members:
             name = f"{sample.key}.{ext}"
