@@ -24,6 +24,7 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -203,6 +204,7 @@ class TrainState:
     description: dict[str, Any]
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    loader_states: list[dict[str, Any]] | None = None  # one DALI state per rank
 
     def save(self, directory: Path) -> None:
         torch.save(
@@ -212,6 +214,7 @@ class TrainState:
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
                 "torch_rng": torch.get_rng_state(),
+                "loader_states": self.loader_states,
             },
             directory / "state.pt",
         )
@@ -227,13 +230,22 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
+        self.loader_states = state.get("loader_states")
         torch.set_rng_state(state["torch_rng"])
         lines = (directory / "history.jsonl").read_text().splitlines()
         self.history = [json.loads(line) for line in lines][: self.step]
 
 
-def _report(state: TrainState, metrics: dict[str, float], rank: int) -> None:
-    """Report to Ray Train (every rank must call); rank 0 attaches the checkpoint."""
+def _report(state: TrainState, loader: ViewLoader, metrics: dict[str, float], rank: int) -> None:
+    """Report to Ray Train (every rank must call); rank 0 attaches the checkpoint, which holds
+    every rank's DALI position so that a restart continues mid-epoch with the same samples."""
+    local = loader.state_dict()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, local)
+    else:
+        states = [local]
+    state.loader_states = states
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
@@ -255,18 +267,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     encoder = build_encoder(config, world, device)
     model = ray.train.torch.prepare_model(encoder, move_to_device=False)
     local_batch = config.global_batch_size // world
-    loader = ViewLoader(
-        [Path(s) for s in loop_config["shards"]],
-        config.recipes(),
-        LoaderConfig(
-            batch_size=local_batch,
-            shard_id=rank,
-            num_shards=world,
-            seed=config.seed + rank,
-            num_threads=config.dali_threads,
-            device="gpu" if device.type == "cuda" else "cpu",
-        ),
+    loader_config = LoaderConfig(
+        batch_size=local_batch,
+        shard_id=rank,
+        num_shards=world,
+        seed=config.seed + rank,
+        num_threads=config.dali_threads,
+        device="gpu" if device.type == "cuda" else "cpu",
     )
+    shards = [Path(s) for s in loop_config["shards"]]
+    loader = ViewLoader(shards, config.recipes(), loader_config)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
     optimizer = build_optimizer(
@@ -290,6 +300,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as directory:
             state.load(Path(directory))
+        if state.loader_states is not None and len(state.loader_states) == world:
+            loader = ViewLoader(
+                shards, config.recipes(), loader_config, checkpoint=state.loader_states[rank]
+            )
         if rank == 0:
             print(f"[pretrain] resumed from step {state.step}/{total_steps}", flush=True)
     monitor = Monitor.create(
@@ -298,12 +312,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
-        skip = state.step - epoch * steps_per_epoch  # batches of this epoch already trained
+        remaining = steps_per_epoch - state.step % steps_per_epoch
         epoch_start = ready = time.perf_counter()
         waited = 0.0
-        for index, (views, labels) in enumerate(loader):
-            if index < skip:
-                continue
+        # A loader restored mid-epoch yields the rest of that epoch; a fresh one a full epoch.
+        for views, labels in loader:
             fetched = time.perf_counter()
             waited += fetched - ready
             views = [v.to(device, non_blocking=True) for v in views]
@@ -336,11 +349,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             )
             if end_of_epoch or periodic:
                 elapsed = time.perf_counter() - epoch_start
+                trained = state.step - (steps_per_epoch - remaining) - epoch * steps_per_epoch
                 metrics = {
                     "epoch": epoch + (1 if end_of_epoch else 0),
                     "step": state.step,
                     "loss": record["loss"],
-                    "images_per_s": (index + 1 - skip) * config.global_batch_size / elapsed,
+                    "images_per_s": trained * config.global_batch_size / elapsed,
                     "data_wait_share": waited / elapsed,
                 }
-                _report(state, metrics, rank)
+                _report(state, loader, metrics, rank)
