@@ -32,7 +32,7 @@ def test_two_views_shapes_dtypes_and_labels(shards: list[Path]) -> None:
     for view in views:
         assert view.shape == (16, 3, 32, 32) and view.dtype == torch.float32
         assert torch.isfinite(view).all()
-        assert -3.5 < float(view.min()) and float(view.max()) < 3.5  # normalised pixels
+        assert float(view.min()) > -3.5 and float(view.max()) < 3.5  # normalised pixels
     assert labels.shape == (16,) and labels.dtype == torch.int64
     assert set(labels.tolist()) <= set(range(10))
     assert (views[0] - views[1]).abs().mean() > 0.1, "the two views must be different draws"
