@@ -94,8 +94,7 @@ class ShardWriter:
         members = [(sample.ext, sample.image), (LABEL_EXT, encode_label(sample.label))]
         needed = sum(_BLOCK + -(-len(payload) // _BLOCK) * _BLOCK for _, payload in members)
         if shard is not None and (
-            len(shard.index_lines) >= self.max_samples
-            or shard.tar.offset + needed > self.max_bytes
+            len(shard.index_lines) >= self.max_samples or shard.tar.offset + needed > self.max_bytes
         ):
             self._close_current()
             shard = None
