@@ -57,35 +57,34 @@ def _run_stages(spec: PipelineSpec, store: RunStore, force: set[str]) -> None:
             continue
         rerun.add(stage.name)
         print(f"[{stage.name}] running: {reason}", flush=True)
-        _run_stage(stage, store, fp, upstream, spec)
+        _run_stage(stage, store, fp, upstream)
 
 
 def _why_run(
     stage: StageConfig, state: dict | None, fp: str, force: set[str], rerun: set[str]
 ) -> str | None:
+    """Why the stage must run (forced, upstream reran, never ran, failed, changed), or None."""
     if stage.name in force:
         return "forced"
+    changed = [ref for ref in stage.upstream().values() if ref in rerun]
+    if changed:
+        return f"upstream {', '.join(changed)} reran"
     if state is None:
         return "never ran"
     if state.get("status") != "succeeded":
         return f"last run {state.get('status')}"
     if state.get("fingerprint") != fp:
-        changed = [ref for ref in stage.upstream().values() if ref in rerun]
-        return f"upstream {', '.join(changed)} reran" if changed else "config or input changed"
+        return "config or input changed"
     return None
 
 
-def _run_stage(
-    stage: StageConfig, store: RunStore, fp: str, upstream: dict[str, str], spec: PipelineSpec
-) -> None:
+def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str, str]) -> None:
     staging = store.begin(stage.name)
     context = StageContext(
         out_dir=staging,
         inputs={field: store.stage_dir(ref) for field, ref in upstream.items()},
-        upstream_configs={field: spec.stage(ref) for field, ref in upstream.items()},
         workdir=store.workdir,
         run_id=fp[:12],
-        log=lambda message: print(f"[{stage.name}] {message}", flush=True),
     )
     state = {"status": "running", "fingerprint": fp, "type": stage.type, "started": now()}
     began = time.perf_counter()

@@ -50,7 +50,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _export(pretrained: Path, out: Path, **options) -> dict:
     out.mkdir()
     config = ExportConfig(name="export", type="export", model="pretrain", **options)
-    ctx = StageContext(out, {"model": pretrained}, {}, out.parent, "test", print)
+    ctx = StageContext(out, {"model": pretrained}, out.parent, "test")
     return run(config, ctx)
 
 

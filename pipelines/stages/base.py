@@ -33,10 +33,8 @@ class StageContext:
 
     out_dir: Path
     inputs: dict[str, Path]
-    upstream_configs: dict[str, StageConfig]
     workdir: Path
     run_id: str
-    log: Callable[[str], None]
 
 
 @dataclass(frozen=True)
