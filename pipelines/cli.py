@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .cli_datasets import register_bench_loader, register_ingest
 from .errors import SpecError, UserError
@@ -29,6 +30,32 @@ def _run(args: argparse.Namespace) -> None:
     run_pipeline(load_spec(args.spec), force=tuple(args.force))
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from .runner import print_plan
+    from .spec import load_spec
+
+    print_plan(load_spec(args.spec), force=tuple(args.force))
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .runner import print_status
+
+    print_status(Path(args.workdir))
+
+
+def register_plan(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("plan", help="print, per stage, run or skip and why")
+    parser.add_argument("spec")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE")
+    parser.set_defaults(handler=_plan)
+
+
+def register_status(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("status", help="print a table of a workdir's stages")
+    parser.add_argument("workdir")
+    parser.set_defaults(handler=_status)
+
+
 def register_validate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("validate", help="check a spec without running anything")
     parser.add_argument("spec")
@@ -46,6 +73,8 @@ def register_run(commands: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_run,
+    register_plan,
+    register_status,
     register_validate,
     register_ingest,
     register_bench_loader,

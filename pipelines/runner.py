@@ -6,12 +6,13 @@ import hashlib
 import json
 import time
 import traceback
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 from .errors import UserError
 from .ray_runtime import shutdown_ray
-from .run_store import RunStore, now
+from .run_store import STATE_FILE, RunStore, now
 from .spec import PipelineSpec, execution_order
 from .stages import STAGE_TYPES, StageConfig, StageContext
 
@@ -43,21 +44,57 @@ def run_pipeline(spec: PipelineSpec, *, force: tuple[str, ...] = ()) -> None:
     _print_summary(spec, store)
 
 
-def _run_stages(spec: PipelineSpec, store: RunStore, force: set[str]) -> None:
+def plan(
+    spec: PipelineSpec, store: RunStore, force: set[str] | tuple[str, ...] = ()
+) -> Iterator[tuple[StageConfig, str, str | None]]:
+    """``(stage, fingerprint, why it runs or None)`` in execution order.
+
+    Lazy: a caller that runs each stage before asking for the next sees the store as it is
+    then; a stage planned to run makes every stage downstream of it run too.
+    """
     fingerprints: dict[str, str] = {}
     rerun: set[str] = set()
     for stage in execution_order(spec):
-        upstream = stage.upstream()
-        fp = fingerprint(stage, {ref: fingerprints[ref] for ref in upstream.values()})
-        fingerprints[stage.name] = fp
-        state = store.state(stage.name)
-        reason = _why_run(stage, state, fp, force, rerun)
+        upstream = {ref: fingerprints[ref] for ref in stage.upstream().values()}
+        fp = fingerprints[stage.name] = fingerprint(stage, upstream)
+        reason = _why_run(stage, store.state(stage.name), fp, set(force), rerun)
+        if reason is not None:
+            rerun.add(stage.name)
+        yield stage, fp, reason
+
+
+def _run_stages(spec: PipelineSpec, store: RunStore, force: set[str]) -> None:
+    for stage, fp, reason in plan(spec, store, force):
         if reason is None:
             print(f"[{stage.name}] up to date, skipped")
             continue
-        rerun.add(stage.name)
         print(f"[{stage.name}] running: {reason}", flush=True)
-        _run_stage(stage, store, fp, upstream)
+        _run_stage(stage, store, fp, stage.upstream())
+
+
+def print_plan(spec: PipelineSpec, force: tuple[str, ...] = ()) -> None:
+    """What ``run`` would do, stage by stage, without running or locking anything."""
+    for stage, _, reason in plan(spec, RunStore(Path(spec.workdir)), force):
+        print(f"{stage.name:<16} {'run ' if reason else 'skip'}  {reason or 'up to date'}")
+
+
+def print_status(workdir: Path) -> None:
+    """A table of the stages recorded in ``workdir``."""
+    store = RunStore(workdir)
+    names = sorted(p.parent.name for p in Path(workdir).glob(f"*/{STATE_FILE}"))
+    if not names:
+        raise UserError(f"{workdir}: no stage has run here")
+    print(f"{'stage':<16} {'status':<10} {'seconds':>8}  {'ended':<25} metrics / error")
+    for name in names:
+        state = store.state(name) or {}
+        metrics = state.get("metrics", {})
+        detail = state.get("error") or ", ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)
+        )
+        print(
+            f"{name:<16} {state.get('status', '?'):<10} {state.get('seconds', ''):>8}  "
+            f"{state.get('ended', ''):<25} {detail}"
+        )
 
 
 def _why_run(

@@ -41,3 +41,27 @@ def test_skip_rerun_on_change_and_force(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "[a] up to date, skipped" in out and "[b] running: forced" in out
     assert not (tmp_path / ".lock").exists()
+
+
+def test_plan_and_status_commands(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from sslpipe.pipelines.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_spec(tmp_path / "runs", 20).model_dump(mode="json")))
+    assert main(["plan", str(spec)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out] == [["a", "run"], ["b", "run"]]
+    assert not (tmp_path / "runs" / "a").exists(), "plan must not run anything"
+    assert main(["status", str(tmp_path / "runs")]) == 1
+    assert "no stage has run here" in capsys.readouterr().err
+    assert main(["run", str(spec)]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(spec), "--force", "a"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["a", "run", "forced"]
+    assert out[1].split()[:2] == ["b", "skip"]  # b does not read a
+    assert main(["status", str(tmp_path / "runs")]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[:2] for row in rows] == [["a", "succeeded"], ["b", "succeeded"]]
