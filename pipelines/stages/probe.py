@@ -53,19 +53,28 @@ class ProbeConfig(StageConfig):
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, shards: list[Path], recipe: ViewRecipe, *, batch_size: int, threads: int
-) -> Features:
-    """Every sample of ``shards`` exactly once: features and labels."""
+    backbones: list[nn.Module],
+    shards: list[Path],
+    recipe: ViewRecipe,
+    *,
+    batch_size: int,
+    threads: int,
+) -> list[Features]:
+    """Every sample of ``shards`` exactly once, decoded once: each backbone's features and the
+    labels."""
     loader = ViewLoader(
         shards,
         [recipe],
         LoaderConfig(batch_size=batch_size, shuffle=False, drop_last=False, num_threads=threads),
     )
-    features, labels = [], []
+    features: list[list[torch.Tensor]] = [[] for _ in backbones]
+    labels = []
     for (view,), label in loader:
-        features.append(backbone(view.cpu()))
+        for collected, backbone in zip(features, backbones, strict=True):
+            collected.append(backbone(view.cpu()))
         labels.append(label.cpu())
-    return torch.cat(features), torch.cat(labels)
+    all_labels = torch.cat(labels)
+    return [(torch.cat(collected), all_labels) for collected in features]
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -137,22 +146,26 @@ PROBES: dict[str, Callable[[Features, Features, int, ProbeConfig], dict[str, Any
 
 
 def _evaluate(
-    backbone: nn.Module,
+    backbones: list[nn.Module],
     splits: dict[str, list[Path]],
     recipe: ViewRecipe,
     num_classes: int,
     config: ProbeConfig,
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """Every probe kind for each backbone; the shards are read and decoded once for all."""
     features = {
         name: extract_features(
-            backbone, shards, recipe, batch_size=config.batch_size, threads=config.dali_threads
+            backbones, shards, recipe, batch_size=config.batch_size, threads=config.dali_threads
         )
         for name, shards in splits.items()
     }
-    return {
-        kind: PROBES[kind](features["train"], features["test"], num_classes, config)
-        for kind in config.kinds
-    }
+    return [
+        {
+            kind: PROBES[kind](features["train"][i], features["test"][i], num_classes, config)
+            for kind in config.kinds
+        }
+        for i in range(len(backbones))
+    ]
 
 
 def _splits(config: ProbeConfig, ctx: StageContext) -> tuple[dict[str, list[Path]], int]:
@@ -189,15 +202,16 @@ def run(config: ProbeConfig, ctx: StageContext) -> dict[str, Any]:
             "std": tuple(description["std"]),
         },
     )[0]
-    results = _evaluate(backbone, splits, recipe, num_classes, config)
-    headline = _headline(results)
-    metrics: dict[str, Any] = {"top1": headline["top1"], **results}
+    backbones = [backbone]
     if config.random_init_baseline:
         torch.manual_seed(config.seed)
-        baseline = build_described_backbone(description).eval()
-        random_results = _evaluate(baseline, splits, recipe, num_classes, config)
-        metrics["top1_random_init"] = _headline(random_results)["top1"]
-        metrics["random_init"] = random_results
+        backbones.append(build_described_backbone(description).eval())
+    results, *baseline = _evaluate(backbones, splits, recipe, num_classes, config)
+    headline = _headline(results)
+    metrics: dict[str, Any] = {"top1": headline["top1"], **results}
+    if baseline:
+        metrics["top1_random_init"] = _headline(baseline[0])["top1"]
+        metrics["random_init"] = baseline[0]
     confusion = headline.get("confusion")
     (ctx.out_dir / "confusion.json").write_text(json.dumps(confusion) + "\n")
     (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
