@@ -11,30 +11,48 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_datasets import register_bench_loader, register_ingest
 from .errors import SpecError, UserError
 
+if TYPE_CHECKING:
+    from .spec import PipelineSpec
 
-def _validate(args: argparse.Namespace) -> None:
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="pipeline spec (YAML)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="PATH=VALUE",
+        help="override a spec value, e.g. stages.pretrain.epochs=5 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> PipelineSpec:
     from .spec import load_spec
 
-    spec = load_spec(args.spec)
+    return load_spec(args.spec, args.overrides)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    spec = _load(args)
     print(f"{args.spec}: valid ({len(spec.stages)} stages)")
 
 
 def _run(args: argparse.Namespace) -> None:
     from .runner import run_pipeline
-    from .spec import load_spec
 
-    run_pipeline(load_spec(args.spec), force=tuple(args.force))
+    run_pipeline(_load(args), force=tuple(args.force), if_changed=args.if_changed)
 
 
 def _plan(args: argparse.Namespace) -> None:
     from .runner import print_plan
-    from .spec import load_spec
 
-    print_plan(load_spec(args.spec), force=tuple(args.force))
+    print_plan(_load(args), force=tuple(args.force))
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -43,11 +61,37 @@ def _status(args: argparse.Namespace) -> None:
     print_status(Path(args.workdir))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(write_report(Path(args.workdir)))
+
+
+def register_run(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
+    _add_spec_arguments(parser)
+    parser.add_argument(
+        "--force", action="append", default=[], metavar="STAGE", help="rerun this stage"
+    )
+    parser.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="exit 0 without work when nothing changed since the last successful run",
+    )
+    parser.set_defaults(handler=_run)
+
+
 def register_plan(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("plan", help="print, per stage, run or skip and why")
-    parser.add_argument("spec")
+    _add_spec_arguments(parser)
     parser.add_argument("--force", action="append", default=[], metavar="STAGE")
     parser.set_defaults(handler=_plan)
+
+
+def register_validate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("validate", help="check a spec without running anything")
+    _add_spec_arguments(parser)
+    parser.set_defaults(handler=_validate)
 
 
 def register_status(commands: argparse._SubParsersAction) -> None:
@@ -56,26 +100,18 @@ def register_status(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_status)
 
 
-def register_validate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("validate", help="check a spec without running anything")
-    parser.add_argument("spec")
-    parser.set_defaults(handler=_validate)
-
-
-def register_run(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
-    parser.add_argument("spec")
-    parser.add_argument(
-        "--force", action="append", default=[], metavar="STAGE", help="rerun this stage"
-    )
-    parser.set_defaults(handler=_run)
+def register_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("report", help="write <workdir>/report.html with plots")
+    parser.add_argument("workdir")
+    parser.set_defaults(handler=_report)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_run,
     register_plan,
-    register_status,
     register_validate,
+    register_status,
+    register_report,
     register_ingest,
     register_bench_loader,
 ]

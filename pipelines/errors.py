@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One error in a spec file: ``FILE:LINE:COL: key.path: message``."""
+    """One error in a spec: ``FILE:LINE:COL: key.path: message``.
+
+    Problems in a command-line override have line 0 and name the override as their file.
+    """
 
     file: str
     line: int
@@ -16,8 +19,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        path = f"{self.path}: " if self.path else ""
+        return f"{where}: {path}{self.message}"
 
 
 class SpecError(Exception):

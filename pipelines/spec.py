@@ -9,14 +9,16 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .compose import compose
 from .errors import Problem, SpecError
 from .stages import STAGE_TYPES, StageConfig
-from .yaml_source import KeyPath, YamlDocument, load_yaml
+from .yaml_source import KeyPath, YamlDocument
 
 AnyStage = Annotated[
     typing.Union[tuple(t.config for t in STAGE_TYPES.values())],  # noqa: UP007
@@ -177,8 +179,9 @@ def execution_order(spec: PipelineSpec) -> list[StageConfig]:
     return order
 
 
-def validate_document(doc: YamlDocument) -> PipelineSpec:
-    problems = graph_problems(doc)
+def validate_document(doc: YamlDocument, problems: Sequence[Problem] = ()) -> PipelineSpec:
+    """The validated spec, or ``SpecError`` with ``problems`` and every problem found here."""
+    problems = [*problems, *graph_problems(doc)]
     spec = None
     try:
         spec = PipelineSpec.model_validate(doc.data)
@@ -189,6 +192,9 @@ def validate_document(doc: YamlDocument) -> PipelineSpec:
     return spec
 
 
-def load_spec(path: Path | str) -> PipelineSpec:
-    """Load and validate a spec file; raise ``SpecError`` listing every problem."""
-    return validate_document(load_yaml(path))
+def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> PipelineSpec:
+    """Compose (``extends``, ``${VAR}``, ``--set``) and validate a spec.
+
+    Raises ``SpecError`` listing every problem.
+    """
+    return validate_document(*compose(path, overrides))

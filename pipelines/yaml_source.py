@@ -15,26 +15,30 @@ import yaml
 from .errors import Problem, SpecError
 
 KeyPath = tuple[str | int, ...]
+Position = tuple[str, int, int]  # file, 1-based line and column (0, 0: not from a file)
 
 
 @dataclass
 class YamlDocument:
-    """Plain data plus the 1-based ``(line, column)`` of each key path (key, else value)."""
+    """Plain data plus where each key path was written (its key, else its value).
+
+    A document composed from several files (``extends``, ``--set``) keeps, for every path,
+    the position of the text that set it.
+    """
 
     file: str
     data: Any
-    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    positions: dict[KeyPath, Position] = field(default_factory=dict)
 
-    def position(self, path: KeyPath) -> tuple[int, int]:
-        """Position of the deepest prefix of ``path`` that exists in the file."""
+    def position(self, path: KeyPath) -> Position:
+        """Position of the deepest prefix of ``path`` that was written somewhere."""
         for end in range(len(path), -1, -1):
             if path[:end] in self.positions:
                 return self.positions[path[:end]]
-        return (1, 1)
+        return (self.file, 1, 1)
 
     def problem(self, path: KeyPath, message: str) -> Problem:
-        line, column = self.position(path)
-        return Problem(self.file, line, column, format_path(path), message)
+        return Problem(*self.position(path), format_path(path), message)
 
 
 def format_path(path: KeyPath) -> str:
@@ -48,6 +52,10 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+def _position(file: str, node: yaml.Node) -> Position:
+    return (file, *_mark(node))
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.doc = YamlDocument(file, None)
@@ -55,7 +63,7 @@ class _Builder:
         self._constructor = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
-        self.doc.positions.setdefault(path, _mark(node))
+        self.doc.positions.setdefault(path, _position(self.doc.file, node))
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -66,7 +74,7 @@ class _Builder:
                 if key in result:
                     self._error(key_node, (*path, key), f"duplicate key {key!r}")
                     continue
-                self.doc.positions[(*path, key)] = _mark(key_node)
+                self.doc.positions[(*path, key)] = _position(self.doc.file, key_node)
                 result[key] = self.build(value_node, (*path, key))
             self.doc.positions.pop((*path, "<key>"), None)
             return result
@@ -79,8 +87,7 @@ class _Builder:
             return None
 
     def _error(self, node: yaml.Node, path: KeyPath, message: str) -> None:
-        line, column = _mark(node)
-        self.problems.append(Problem(self.doc.file, line, column, format_path(path), message))
+        self.problems.append(Problem(*_position(self.doc.file, node), format_path(path), message))
 
 
 def load_yaml(path: Path | str) -> YamlDocument:

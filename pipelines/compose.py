@@ -1,0 +1,227 @@
+"""Compose a spec from its files and the command line, keeping where each value came from.
+
+Three layers, applied in this order:
+
+1. ``extends: base.yaml`` (or a list of files, paths relative to the extending file): the
+   base is loaded first (its own ``extends`` too) and the extending file is deep-merged over
+   it. Mappings merge key by key; a list of named mappings (``stages``) merges item by item
+   on ``name``, new names appended; any other value is replaced. A file that extends itself,
+   directly or not, is an error.
+2. ``${VAR}`` and ``${VAR:-default}`` in string values take the environment variable (or the
+   default when it is unset or empty); ``$${`` writes a literal ``${``.
+3. ``--set path.to.key=value`` overrides: the value is read as a YAML scalar or flow
+   collection, list items are addressed by index or, for named items, by name
+   (``stages.pretrain.epochs=1``). The result is validated like the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Problem, SpecError
+from .yaml_source import KeyPath, Position, YamlDocument, format_path, load_yaml
+
+EXTENDS_KEY = "extends"
+_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def compose(path: Path | str, overrides: Sequence[str] = ()) -> tuple[YamlDocument, list[Problem]]:
+    """The spec at ``path`` with its bases merged in, variables filled and overrides set.
+
+    Unreadable files and ``extends`` errors raise ``SpecError``; problems with variables and
+    overrides are returned, so that validation can report them together with its own.
+    """
+    doc = _with_bases(Path(path), chain=())
+    problems = _interpolate(doc, doc.data, ())
+    for override in overrides:
+        problems += _apply_override(doc, override)
+    return doc, problems
+
+
+def _with_bases(path: Path, chain: tuple[Path, ...]) -> YamlDocument:
+    doc = load_yaml(path)
+    bases = doc.data.pop(EXTENDS_KEY, None)
+    if bases is None:
+        return doc
+    names = bases if isinstance(bases, list) else [bases]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        problem = doc.problem((EXTENDS_KEY,), "must be a file name or a list of file names")
+        raise SpecError([problem])
+    merged: YamlDocument | None = None
+    for name in names:
+        base_path = (path.parent / name).resolve()
+        if base_path in (*chain, path.resolve()):
+            cycle = " -> ".join(os.path.relpath(p) for p in (*chain, path.resolve(), base_path))
+            raise SpecError([doc.problem((EXTENDS_KEY,), f"extends forms a cycle: {cycle}")])
+        if not base_path.is_file():
+            raise SpecError([doc.problem((EXTENDS_KEY,), f"no such file: {base_path}")])
+        base = _with_bases(base_path, (*chain, path.resolve()))
+        merged = base if merged is None else _merged(merged, base)
+    assert merged is not None
+    result = _merged(merged, doc)
+    result.file = doc.file
+    return result
+
+
+def _merged(base: YamlDocument, top: YamlDocument) -> YamlDocument:
+    """``top`` deep-merged over ``base``, positions taken from whichever set each value."""
+    out = YamlDocument(top.file, None)
+    out.data = _merge_node(base, (), top, (), out, ())
+    return out
+
+
+def _merge_node(
+    base: YamlDocument,
+    base_path: KeyPath,
+    top: YamlDocument,
+    top_path: KeyPath,
+    out: YamlDocument,
+    out_path: KeyPath,
+) -> Any:
+    base_value, top_value = _at(base.data, base_path), _at(top.data, top_path)
+    if isinstance(base_value, dict) and isinstance(top_value, dict):
+        _copy_position(top, top_path, out, out_path)
+        merged: dict[str, Any] = {}
+        for key in [*base_value, *(k for k in top_value if k not in base_value)]:
+            if key not in top_value:
+                merged[key] = _copy(base, (*base_path, key), out, (*out_path, key))
+            elif key not in base_value:
+                merged[key] = _copy(top, (*top_path, key), out, (*out_path, key))
+            else:
+                sub = (*base_path, key), (*top_path, key), (*out_path, key)
+                merged[key] = _merge_node(base, sub[0], top, sub[1], out, sub[2])
+                out.positions[(*out_path, key)] = top.positions[(*top_path, key)]
+        return merged
+    if _is_named_list(base_value) and _is_named_list(top_value):
+        _copy_position(top, top_path, out, out_path)
+        top_index = {item["name"]: i for i, item in enumerate(top_value)}
+        merged_list: list[Any] = []
+        for i, item in enumerate(base_value):
+            where = (*out_path, len(merged_list))
+            if item["name"] in top_index:
+                j = top_index.pop(item["name"])
+                merged_list.append(
+                    _merge_node(base, (*base_path, i), top, (*top_path, j), out, where)
+                )
+            else:
+                merged_list.append(_copy(base, (*base_path, i), out, where))
+        for j in top_index.values():
+            merged_list.append(_copy(top, (*top_path, j), out, (*out_path, len(merged_list))))
+        return merged_list
+    return _copy(top, top_path, out, out_path)
+
+
+def _is_named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) for item in value
+    )
+
+
+def _at(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _copy(src: YamlDocument, src_path: KeyPath, dst: YamlDocument, dst_path: KeyPath) -> Any:
+    """The value at ``src_path``, with the positions of everything under it re-rooted."""
+    depth = len(src_path)
+    for path, position in src.positions.items():
+        if path[:depth] == src_path:
+            dst.positions[(*dst_path, *path[depth:])] = position
+    return _at(src.data, src_path)
+
+
+def _copy_position(
+    src: YamlDocument, src_path: KeyPath, dst: YamlDocument, dst_path: KeyPath
+) -> None:
+    if src_path in src.positions:
+        dst.positions[dst_path] = src.positions[src_path]
+
+
+def _interpolate(doc: YamlDocument, node: Any, path: KeyPath) -> list[Problem]:
+    """Fill ``${VAR}`` / ``${VAR:-default}`` in every string under ``node``, in place."""
+    if isinstance(node, dict):
+        items: list[tuple[Any, Any]] = list(node.items())
+    else:
+        items = list(enumerate(node)) if isinstance(node, list) else []
+    problems: list[Problem] = []
+    for key, value in items:
+        if isinstance(value, str):
+            missing: list[str] = []
+
+            def fill(match: re.Match[str], missing: list[str] = missing) -> str:
+                if match.group(0) == "$${":
+                    return "${"
+                name, default = match.group(1), match.group(2)
+                value = os.environ.get(name) or default
+                if value is None:
+                    missing.append(name)
+                    return ""
+                return value
+
+            node[key] = _VARIABLE.sub(fill, value)
+            problems += [
+                doc.problem(
+                    (*path, key),
+                    f"environment variable {name} is not set (give a default: ${{{name}:-…}})",
+                )
+                for name in missing
+            ]
+        else:
+            problems += _interpolate(doc, value, (*path, key))
+    return problems
+
+
+def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
+    source: Position = (f"--set {override}", 0, 0)
+    key_text, sep, value_text = override.partition("=")
+    if not sep or not key_text.strip():
+        return [Problem(*source, "", "expected --set path.to.key=value")]
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as error:
+        return [Problem(*source, key_text, f"value is not valid YAML: {error}")]
+    node: Any = doc.data
+    path: KeyPath = ()
+    parts = key_text.strip().split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            position = _list_position(node, part)
+            if position is None:
+                names = [i.get("name") for i in node if isinstance(i, dict)]
+                known = f" (items: {', '.join(map(str, names))})" if any(names) else ""
+                message = f"no item {part!r} in {format_path(path) or 'the list'}{known}"
+                return [Problem(*source, format_path(path), message)]
+            step: str | int = position
+        elif isinstance(node, dict):
+            step = part
+        else:
+            return [Problem(*source, format_path(path), "is not a mapping or list")]
+        path = (*path, step)
+        if last:
+            node[step] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(step), dict | list):
+                node[step] = {}
+            node = node[step]
+    for written in [p for p in doc.positions if p[: len(path)] == path]:
+        del doc.positions[written]
+    doc.positions[path] = source
+    return []
+
+
+def _list_position(items: list[Any], part: str) -> int | None:
+    if part.isdigit():
+        return int(part) if int(part) < len(items) else None
+    return next(
+        (i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == part),
+        None,
+    )
