@@ -17,6 +17,7 @@ from typing import Any
 from .errors import UserError
 
 STATE_FILE = "state.json"
+CHECKS_FILE = "checks.jsonl"
 
 
 def now() -> str:
@@ -68,6 +69,12 @@ class RunStore:
         final = self.stage_dir(name)
         final.mkdir(parents=True, exist_ok=True)
         _write_json(final / STATE_FILE, state)
+
+    def record_check(self, spec_name: str, changes: dict[str, str]) -> None:
+        """Append one ``--if-changed`` check (what changed, if anything) to ``checks.jsonl``."""
+        record = {"time": now(), "spec": spec_name, "changed": changes}
+        with open(self.workdir / CHECKS_FILE, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
 
     def lock(self) -> None:
         """Take the workdir's run lock, taking over a lock left by a dead process."""

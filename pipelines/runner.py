@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -30,18 +32,46 @@ def fingerprint(stage: StageConfig, upstream: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def run_pipeline(spec: PipelineSpec, *, force: tuple[str, ...] = ()) -> None:
+def run_pipeline(
+    spec: PipelineSpec, *, force: tuple[str, ...] = (), if_changed: bool = False
+) -> None:
+    """Run the stages that are not up to date.
+
+    With ``if_changed`` nothing runs unless some stage would (new data, a changed config, a
+    failed or missing stage); either way the check is appended to ``<workdir>/checks.jsonl``.
+    SIGTERM stops a run like Ctrl-C: the running stage is marked interrupted, the lock
+    released and Ray shut down; the next run continues from there.
+    """
     unknown = [name for name in force if name not in {s.name for s in spec.stages}]
     if unknown:
         raise UserError(f"--force names no stage of this spec: {', '.join(unknown)}")
     store = RunStore(Path(spec.workdir))
     store.lock()
     try:
-        _run_stages(spec, store, set(force))
+        with _sigterm_as_interrupt():
+            if if_changed:
+                changes = {s.name: why for s, _, why in plan(spec, store, force) if why}
+                store.record_check(spec.name, changes)
+                if not changes:
+                    print(f"{spec.name}: nothing changed since the last successful run")
+                    return
+            _run_stages(spec, store, set(force))
     finally:
         shutdown_ray()
         store.unlock()
     _print_summary(spec, store)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def plan(
@@ -127,10 +157,13 @@ def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str,
     began = time.perf_counter()
     try:
         metrics = STAGE_TYPES[stage.type].run(stage, context)
+    except KeyboardInterrupt:
+        store.record_failure(stage.name, {**state, "status": "interrupted", "ended": now()})
+        raise
     except BaseException as error:
         failed = {**state, "status": "failed", "ended": now(), "error": f"{error}"}
         store.record_failure(stage.name, failed)
-        if isinstance(error, UserError | KeyboardInterrupt):
+        if isinstance(error, UserError):
             raise
         traceback.print_exc()
         raise UserError(f"stage {stage.name!r} failed: {type(error).__name__}: {error}") from None

@@ -14,13 +14,31 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnxruntime
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from ..model_io import load_backbone, load_encoder
+from ..registry import ModelRegistry
 from .base import StageConfig, StageContext
 
 ONNX_TOLERANCE = 1e-4
+
+
+class PromoteConfig(BaseModel):
+    """Publish the export in a model registry if it is not worse than the promoted model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: str = Field(description="registry folder (see pipelines/registry.py)")
+    metric: str = Field(
+        "probe.top1",
+        pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_@]+$",
+        description="<probe stage>.<key of its metrics.json>",
+    )
+    min_delta: float = Field(
+        0.0, description="promote if metric >= promoted metric + min_delta (metric units)"
+    )
 
 
 class ExportConfig(StageConfig):
@@ -32,6 +50,18 @@ class ExportConfig(StageConfig):
     include_projector: bool = Field(False, description="export backbone + projector")
     opset: int = Field(18, ge=18)
     check_batch_size: int = Field(3, gt=0, description="batch used for the onnxruntime check")
+    promote: PromoteConfig | None = None
+
+    @model_validator(mode="after")
+    def _promotion_metric_is_probed(self) -> ExportConfig:
+        if self.promote is not None:
+            stage = self.promote.metric.split(".")[0]
+            if stage != self.probe:
+                raise ValueError(
+                    f"promote.metric {self.promote.metric!r} must name this export's probe "
+                    f"stage (probe: {self.probe})"
+                )
+        return self
 
 
 def _export_program(
@@ -42,9 +72,7 @@ def _export_program(
 
 
 def _check_onnx(path: Path, backbone: torch.nn.Module, size: int, batch_size: int) -> float:
-    inputs: ClassVar[dict[str, str]] = torch.randn(
-        batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)
-    )
+    inputs = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = backbone(inputs).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -97,4 +125,18 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         "sslpipe_version": version("sslpipe"),
     }
     (ctx.out_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    return {"onnx_max_abs_diff": max_diff}
+    summary: dict[str, Any] = {"onnx_max_abs_diff": max_diff}
+    if config.promote is not None:
+        summary |= _promote(config.promote, ctx.out_dir, metrics)
+    return summary
+
+
+def _promote(promote: PromoteConfig, model_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    key = promote.metric.split(".", 1)[1]
+    if not isinstance(metrics.get(key), int | float):
+        known = ", ".join(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise UserError(f"promote.metric {promote.metric!r}: the probe has no {key!r} ({known})")
+    registry = ModelRegistry(promote.registry)
+    decision = registry.promote(model_dir, promote.metric, float(metrics[key]), promote.min_delta)
+    print(f"registry {registry.root}: {decision}", flush=True)
+    return {"promoted": int(decision.promoted), "promotion": str(decision)}
