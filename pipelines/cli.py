@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli_datasets import register_bench_loader, register_ingest
+from .cli_deploy import register_submit
 from .errors import SpecError, UserError
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_report,
     register_ingest,
     register_bench_loader,
+    register_submit,
 ]
 
 

@@ -1,0 +1,161 @@
+"""``sslpipe submit`` against a real Ray head on loopback, started and torn down by the test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = "pipelines/examples/quickstart.yaml"
+# The quickstart, shrunk to a few seconds of work: 600 images in shards of 100, one epoch.
+SMALL = ("stages.ingest.source.num_images=600", "stages.ingest.shard_size=100")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"no Ray dashboard at {url} after {timeout} s")
+
+
+def _stop(head: subprocess.Popen) -> None:
+    """Stop this head and everything it started (its own process group), nothing else."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """A Ray head with its dashboard on loopback; yields the dashboard's address."""
+    temp_dir = Path("/tmp") / f"sslsub-{os.getpid()}"
+    dashboard = _free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # the job runs `sslpipe`
+    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--port=0"]
+    command += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+    command += ["--include-dashboard=true", f"--dashboard-port={dashboard}"]
+    for option in ("ray-client-server", "metrics-export", "dashboard-agent-listen"):
+        command.append(f"--{option}-port={_free_port()}")
+    command += [f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_dashboard(url, head)
+        yield url
+    finally:
+        _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submit(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "sslpipe.pipelines.cli", "submit", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_submit_runs_the_quickstart_on_the_cluster(ray_head: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    overrides = [f"workdir={workdir}", "stages.pretrain.epochs=1", *SMALL]
+    result = _submit(
+        QUICKSTART, "--address", ray_head, "--follow", *(a for o in overrides for a in ("--set", o))
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_id = result.stdout.splitlines()[0]
+    assert job_id.startswith("raysubmit_"), result.stdout[:500]
+    assert str(workdir / "export" / "model.onnx") in result.stdout  # the job's own logs
+    for name in ("model.onnx", "model.pt2", "model_card.json"):
+        assert (workdir / "export" / name).is_file(), name
+    assert "Traceback" not in result.stderr
+
+
+def test_failed_job_exits_1_with_its_status(ray_head: str, tmp_path: Path) -> None:
+    # Valid locally, fails on the cluster: the ingest source is a folder that does not exist.
+    result = _submit(
+        QUICKSTART,
+        "--address",
+        ray_head,
+        "--follow",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        f"stages.ingest.source={{kind: image_folder, path: {tmp_path / 'none'}}}",
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job raysubmit_") and " FAILED: " in last, result.stderr
+
+
+def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Path) -> None:
+    result = _submit(
+        QUICKSTART,
+        "--address",
+        ray_head,
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        "stages.pretrain.epochz=1",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "--set stages.pretrain.epochz=1: stages[1].epochz: unknown key 'epochz'; "
+        "did you mean 'epochs'?"
+    )
+    assert result.stdout == ""
+    with urllib.request.urlopen(f"{ray_head}/api/jobs/", timeout=10) as response:
+        jobs = response.read().decode()
+    assert "epochz" not in jobs
+
+
+def test_unreachable_address_is_one_line(tmp_path: Path) -> None:
+    result = _submit(
+        QUICKSTART,
+        "--address",
+        f"http://127.0.0.1:{_free_port()}",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no Ray dashboard")
+    assert result.stdout == ""
