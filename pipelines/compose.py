@@ -60,8 +60,9 @@ def _with_bases(path: Path, chain: tuple[Path, ...]) -> YamlDocument:
             cycle = " -> ".join(os.path.relpath(p) for p in (*chain, path.resolve(), base_path))
             raise SpecError([doc.problem((EXTENDS_KEY,), f"extends forms a cycle: {cycle}")])
         if not base_path.is_file():
-            raise SpecError([doc.problem((EXTENDS_KEY,), f"no such file: {base_path}")])
-        base = _with_bases(base_path, (*chain, path.resolve()))
+            message = f"no such file {name!r} next to {os.path.relpath(path)}"
+            raise SpecError([doc.problem((EXTENDS_KEY,), message)])
+        base = _with_bases(Path(os.path.relpath(base_path)), (*chain, path.resolve()))
         merged = base if merged is None else _merged(merged, base)
     assert merged is not None
     result = _merged(merged, doc)

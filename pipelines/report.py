@@ -19,10 +19,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .errors import UserError  # noqa: E402
-from .run_store import CHECKS_FILE, STATE_FILE, RunStore  # noqa: E402
+from .run_store import CHECKS_FILE, RunStore
 
 REPORT_FILE = "report.html"
 # History keys that are not loss terms: plotted on their own or not at all.
@@ -35,10 +34,7 @@ _MONITORED = {
 def write_report(workdir: Path) -> Path:
     """Write ``<workdir>/report.html`` atomically and return its path."""
     store = RunStore(workdir)
-    names = sorted(p.parent.name for p in Path(workdir).glob(f"*/{STATE_FILE}"))
-    if not names:
-        raise UserError(f"{workdir}: no stage has run here")
-    states = {name: store.state(name) or {} for name in names}
+    states = store.states()
     sections = [_stage_table(states), *_checks(Path(workdir))]
     for name, state in states.items():
         if state.get("type") == "pretrain":
@@ -170,7 +166,7 @@ def _probe_results(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if "linear" in block:
             results.append((f"{prefix}linear", block["linear"]))
         for k, result in block.get("knn", {}).items():
-            results.append((f"{prefix}kNN k={k}", result))
+            results.append((f"{prefix}kNN {k}", result))
     return results
 
 

@@ -46,6 +46,16 @@ class RunStore:
         path = self.stage_dir(name) / STATE_FILE
         return json.loads(path.read_text()) if path.exists() else None
 
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Every recorded stage's state, in the order the stages started."""
+        states = {
+            p.parent.name: self.state(p.parent.name) or {}
+            for p in self.workdir.glob(f"*/{STATE_FILE}")
+        }
+        if not states:
+            raise UserError(f"{self.workdir}: no stage has run here")
+        return dict(sorted(states.items(), key=lambda item: item[1].get("started", "")))
+
     def begin(self, name: str) -> Path:
         """An empty staging folder for the stage's outputs."""
         staging = self.workdir / ".staging" / name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .ray_runtime import shutdown_ray
-from .run_store import STATE_FILE, RunStore, now
+from .run_store import RunStore, now
 from .spec import PipelineSpec, execution_order
 from .stages import STAGE_TYPES, StageConfig, StageContext
 
@@ -110,19 +110,14 @@ def print_plan(spec: PipelineSpec, force: tuple[str, ...] = ()) -> None:
 
 def print_status(workdir: Path) -> None:
     """A table of the stages recorded in ``workdir``."""
-    store = RunStore(workdir)
-    names = sorted(p.parent.name for p in Path(workdir).glob(f"*/{STATE_FILE}"))
-    if not names:
-        raise UserError(f"{workdir}: no stage has run here")
-    print(f"{'stage':<16} {'status':<10} {'seconds':>8}  {'ended':<25} metrics / error")
-    for name in names:
-        state = store.state(name) or {}
+    print(f"{'stage':<16} {'status':<11} {'seconds':>8}  {'ended':<25} metrics / error")
+    for name, state in RunStore(workdir).states().items():
         metrics = state.get("metrics", {})
         detail = state.get("error") or ", ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)
         )
         print(
-            f"{name:<16} {state.get('status', '?'):<10} {state.get('seconds', ''):>8}  "
+            f"{name:<16} {state.get('status', '?'):<11} {state.get('seconds', ''):>8}  "
             f"{state.get('ended', ''):<25} {detail}"
         )
 

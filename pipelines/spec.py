@@ -104,7 +104,20 @@ def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
         return doc.problem(path, message)
     if kind == "missing":
         return doc.problem(path, f"missing required key {str(path[-1])!r}")
-    return doc.problem(path, error["msg"])
+    if kind == "union_tag_invalid":
+        tag_key = error["ctx"]["discriminator"].strip("'")
+        allowed = [t.strip("' ") for t in error["ctx"]["expected_tags"].split(",")]
+        return doc.problem((*path, tag_key), _not_allowed(error["ctx"]["tag"], allowed))
+    if kind == "literal_error":
+        allowed = [t.strip("' ") for t in error["ctx"]["expected"].replace(" or ", ",").split(",")]
+        return doc.problem(path, _not_allowed(error["input"], allowed))
+    return doc.problem(path, error["msg"].removeprefix("Value error, "))
+
+
+def _not_allowed(value: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{value!r} is not allowed{hint} (allowed: {', '.join(allowed)})"
 
 
 def graph_problems(doc: YamlDocument) -> list[Problem]:
@@ -136,7 +149,7 @@ def graph_problems(doc: YamlDocument) -> list[Problem]:
                 hint = f"; did you mean {known[0]!r}?" if known else ""
                 problems.append(doc.problem(where, f"no stage named {ref!r}{hint}"))
             elif types_by_name[ref] != wanted:
-                message = f"stage {ref!r} is a {types_by_name[ref]} stage, expected {wanted}"
+                message = f"stage {ref!r} has type {types_by_name[ref]}, expected a {wanted} stage"
                 problems.append(doc.problem(where, message))
             else:
                 edges[stage["name"]].add(ref)

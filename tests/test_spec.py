@@ -1,0 +1,267 @@
+"""Spec validation and composition: a corpus of broken specs, extends, ${VAR}, --set, DAG order.
+
+Every file in ``tests/specs/broken/`` must fail with exactly the listed problems (line,
+column, key path and message), all at once, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.errors import SpecError
+from sslpipe.pipelines.spec import execution_order, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+BROKEN = REPO / "tests" / "specs" / "broken"
+EXAMPLES = REPO / "pipelines" / "examples"
+
+EXPECTED: list[tuple[str, str]] = [
+    ("01_empty.yaml", "1:1: the file is empty"),
+    (
+        "02_unclosed_bracket.yaml",
+        "4:1: invalid YAML: expected the node content, but found '<stream end>'",
+    ),
+    ("03_top_level_list.yaml", "1:1: the top level must be a mapping"),
+    ("04_duplicate_key.yaml", "3:1: name: duplicate key 'name'"),
+    ("05_duplicate_stage.yaml", "7:5: stages[1].name: duplicate stage name 'ingest'"),
+    ("06_misspelled_top_key.yaml", "1:1: stages: missing required key 'stages'"),
+    ("06_misspelled_top_key.yaml", "3:1: stage: unknown key 'stage'; did you mean 'stages'?"),
+    (
+        "07_misspelled_stage_key.yaml",
+        "10:5: stages[1].epoch: unknown key 'epoch'; did you mean 'epochs'?",
+    ),
+    (
+        "08_wrong_type.yaml",
+        "10:5: stages[1].epochs: Input should be a valid integer, unable to parse string as an integer",
+    ),
+    ("09_negative_epochs.yaml", "10:5: stages[1].epochs: Input should be greater than 0"),
+    (
+        "10_unknown_stage_type.yaml",
+        "8:5: stages[1].type: 'pretrian' is not allowed; did you mean 'pretrain'? (allowed: ingest, pretrain, probe, export)",
+    ),
+    (
+        "11_unknown_method.yaml",
+        "10:5: stages[1].method: 'vicregg' is not allowed; did you mean 'vicreg'? (allowed: vicreg, vicreg_exp, vicreg_ctr, barlow_twins, simclr, simclr_abs, simclr_sq, dcl, dclw, dcl_abs, dcl_sq, wmse, spectral, pirl)",
+    ),
+    (
+        "12_unknown_backbone.yaml",
+        "10:5: stages[1].backbone: 'resnet101' is not allowed; did you mean 'resnet50'? (allowed: small_cnn, resnet18, resnet34, resnet50)",
+    ),
+    (
+        "13_unknown_reference.yaml",
+        "9:5: stages[1].data: no stage named 'ingst'; did you mean 'ingest'?",
+    ),
+    (
+        "14_wrong_reference_type.yaml",
+        "9:5: stages[1].model: stage 'ingest' has type ingest, expected a pretrain stage",
+    ),
+    ("15_missing_name.yaml", "1:1: name: missing required key 'name'"),
+    ("16_missing_stage_field.yaml", "7:5: stages[1].data: missing required key 'data'"),
+    ("17_no_stages.yaml", "3:1: stages: List should have at least 1 item after validation, not 0"),
+    (
+        "18_python_tag.yaml",
+        "1:7: name: YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed (plain data only)",
+    ),
+    ("19_non_string_key.yaml", "3:1: keys must be strings, got 1"),
+    (
+        "20_extends_itself.yaml",
+        "1:1: extends: extends forms a cycle: tests/specs/broken/20_extends_itself.yaml -> tests/specs/broken/20_extends_itself.yaml",
+    ),
+    (
+        "21_extends_missing.yaml",
+        "1:1: extends: no such file 'no_such_base.yaml' next to tests/specs/broken/21_extends_missing.yaml",
+    ),
+    (
+        "22_unset_variable.yaml",
+        "2:1: workdir: environment variable SSLPIPE_TEST_SURELY_UNSET is not set (give a default: ${SSLPIPE_TEST_SURELY_UNSET:-\u2026})",
+    ),
+    (
+        "23_bad_stage_name.yaml",
+        "7:5: stages[1].name: String should match pattern '^[a-z][a-z0-9_]*$'",
+    ),
+    ("24_batch_of_one.yaml", "10:5: stages[1].global_batch_size: Input should be greater than 1"),
+    (
+        "25_unknown_view_override.yaml",
+        "11:7: stages[1].view_overrides.sise: unknown key 'sise'; did you mean 'size'?",
+    ),
+    (
+        "26_promote_metric_of_other_stage.yaml",
+        "14:5: stages[3]: promote.metric 'pretrain.loss' must name this export's probe stage (probe: probe)",
+    ),
+    (
+        "27_unknown_probe_kind.yaml",
+        "9:5: stages[1].model: stage 'ingest' has type ingest, expected a pretrain stage",
+    ),
+    (
+        "27_unknown_probe_kind.yaml",
+        "11:21: stages[1].kinds[1]: 'svm' is not allowed (allowed: linear, knn)",
+    ),
+    (
+        "28_unknown_source_kind.yaml",
+        "6:14: stages[0].source.kind: 's3bucket' is not allowed (allowed: synthetic, image_folder, unlabelled_folder, tar, file_list)",
+    ),
+    (
+        "29_tab_indentation.yaml",
+        "4:1: invalid YAML: found character '\\t' that cannot start any token",
+    ),
+    ("30_bad_extends_value.yaml", "1:1: extends: must be a file name or a list of file names"),
+    (
+        "31_wrong_optimizer.yaml",
+        "10:5: stages[1].optimizer: 'lamb' is not allowed (allowed: lars, sgd, adam, adamw)",
+    ),
+    ("32_stages_not_list.yaml", "3:1: stages: Input should be a valid list"),
+]
+
+
+def test_the_corpus_is_complete() -> None:
+    files = sorted(p.name for p in BROKEN.glob("*.yaml"))
+    assert files == sorted({name for name, _ in EXPECTED})
+    assert len(files) >= 25
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in EXPECTED}))
+def test_broken_spec_reports_every_problem_with_its_position(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("SSLPIPE_TEST_SURELY_UNSET", raising=False)
+    path = f"tests/specs/broken/{name}"
+    assert main(["validate", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    want = [f"{path}:{message}" for n, message in EXPECTED if n == name]
+    assert captured.err.splitlines() == want
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_example_validates(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    spec = load_spec(EXAMPLES / example)
+    assert [s.name for s in execution_order(spec)]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BASE = """\
+name: base
+workdir: ${SSLPIPE_TEST_ROOT:-runs}/base
+stages:
+  - name: ingest
+    type: ingest
+    source: {kind: synthetic, num_images: 100, image_size: 32}
+  - name: pretrain
+    type: pretrain
+    data: ingest
+    epochs: 3
+    view_overrides: {size: 16, crop_scale: [0.5, 1.0]}
+"""
+
+
+def test_extends_deep_merges_stages_by_name(tmp_path: Path) -> None:
+    _write(tmp_path / "base.yaml", BASE)
+    child = _write(
+        tmp_path / "child.yaml",
+        """\
+extends: base.yaml
+name: child
+stages:
+  - name: pretrain
+    epochs: 5
+    view_overrides: {size: 24}
+  - name: probe
+    type: probe
+    model: pretrain
+    data: ingest
+""",
+    )
+    spec = load_spec(child)
+    assert spec.name == "child"
+    assert [s.name for s in spec.stages] == ["ingest", "pretrain", "probe"]
+    pretrain = spec.stage("pretrain")
+    assert pretrain.epochs == 5
+    assert pretrain.view_overrides.size == 24
+    assert pretrain.view_overrides.crop_scale == (0.5, 1.0)  # kept from the base
+
+
+def test_problems_in_a_base_point_into_the_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "base.yaml", BASE.replace("epochs: 3", "epochs: three"))
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nname: child\n")
+    with pytest.raises(SpecError) as raised:
+        load_spec(child)
+    assert [str(p) for p in raised.value.problems] == [
+        "base.yaml:10:5: stages[1].epochs: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+def test_extends_cycle_through_two_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "a.yaml", "extends: b.yaml\nname: a\n")
+    _write(tmp_path / "b.yaml", "name: b\nextends: a.yaml\n")
+    with pytest.raises(SpecError) as raised:
+        load_spec("a.yaml")
+    assert (
+        str(raised.value)
+        == "b.yaml:2:1: extends: extends forms a cycle: a.yaml -> b.yaml -> a.yaml"
+    )
+
+
+def test_environment_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec_path = _write(tmp_path / "spec.yaml", BASE.replace("epochs: 3", "epochs: ${EPOCHS:-7}"))
+    monkeypatch.delenv("SSLPIPE_TEST_ROOT", raising=False)
+    monkeypatch.delenv("EPOCHS", raising=False)
+    spec = load_spec(spec_path)
+    assert (spec.workdir, spec.stage("pretrain").epochs) == ("runs/base", 7)
+    monkeypatch.setenv("SSLPIPE_TEST_ROOT", "/data/runs")
+    monkeypatch.setenv("EPOCHS", "2")
+    spec = load_spec(spec_path)
+    assert (spec.workdir, spec.stage("pretrain").epochs) == ("/data/runs/base", 2)
+    monkeypatch.setenv("EPOCHS", "two")
+    with pytest.raises(SpecError, match=r"spec.yaml:10:5: stages\[1\].epochs: Input should be"):
+        load_spec(spec_path)
+    literal = _write(tmp_path / "literal.yaml", BASE.replace("runs}/base", "runs}/$${HOME}"))
+    assert load_spec(literal).workdir == "/data/runs/${HOME}"
+
+
+def test_set_overrides_are_type_checked_like_the_file(tmp_path: Path) -> None:
+    spec_path = _write(tmp_path / "spec.yaml", BASE)
+    spec = load_spec(
+        spec_path,
+        ["stages.pretrain.epochs=9", "workdir=/tmp/x", "stages.1.view_overrides.size=48"],
+    )
+    assert spec.stage("pretrain").epochs == 9
+    assert spec.workdir == "/tmp/x"
+    assert spec.stage("pretrain").view_overrides.size == 48
+    with pytest.raises(SpecError) as raised:
+        load_spec(
+            spec_path,
+            ["stages.pretrain.epochs=many", "stages.pretrain.epoch=1", "stages.nope.x=1", "name"],
+        )
+    assert [str(p) for p in raised.value.problems] == [
+        "--set name: expected --set path.to.key=value",
+        "--set stages.nope.x=1: stages: no item 'nope' in stages (items: ingest, pretrain)",
+        "--set stages.pretrain.epoch=1: stages[1].epoch: unknown key 'epoch'; "
+        "did you mean 'epochs'?",
+        "--set stages.pretrain.epochs=many: stages[1].epochs: Input should be a valid "
+        "integer, unable to parse string as an integer",
+    ]
+
+
+def test_execution_order_follows_references_not_file_order() -> None:
+    spec = load_spec(
+        EXAMPLES / "quickstart.yaml",
+        [],
+    )
+    names = [s.name for s in spec.stages]
+    reordered = spec.model_copy(update={"stages": list(reversed(spec.stages))})
+    assert [s.name for s in execution_order(reordered)] == names
