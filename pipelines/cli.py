@@ -68,6 +68,23 @@ def _report(args: argparse.Namespace) -> None:
     print(write_report(Path(args.workdir)))
 
 
+def _registry(args: argparse.Namespace) -> None:
+    from .registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    if args.action == "rollback":
+        if not args.version:
+            raise UserError("registry rollback needs the version to point latest at, e.g. v0002")
+        registry.rollback(args.version)
+    latest = registry.latest()
+    print(f"{registry.root}: latest -> {latest.name if latest else 'none'}")
+    for record in registry.history():
+        if record.get("rollback"):
+            print(f"  {record['time']}  rollback to {record['version']}")
+        else:
+            print(f"  {record['time']}  {record.get('version') or '-':<6} {record['reason']}")
+
+
 def register_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
     _add_spec_arguments(parser)
@@ -95,6 +112,16 @@ def register_validate(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_validate)
 
 
+def register_registry(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "registry", help="show a model registry's history, or point latest at an earlier version"
+    )
+    parser.add_argument("action", choices=["show", "rollback"])
+    parser.add_argument("registry", help="registry folder")
+    parser.add_argument("version", nargs="?", help="for rollback: the version, e.g. v0002")
+    parser.set_defaults(handler=_registry)
+
+
 def register_status(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("status", help="print a table of a workdir's stages")
     parser.add_argument("workdir")
@@ -113,6 +140,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_validate,
     register_status,
     register_report,
+    register_registry,
     register_ingest,
     register_bench_loader,
     register_submit,

@@ -26,6 +26,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
@@ -177,7 +178,7 @@ class Monitor:
 
 
 def model_description(
-    config: PretrainConfig, feature_dim: int, data_fingerprint: str
+    config: PretrainConfig, feature_dim: int, loop_config: dict[str, Any]
 ) -> dict[str, Any]:
     recipe = config.recipes()[0]
     return {
@@ -190,7 +191,8 @@ def model_description(
         "mean": list(recipe.mean),
         "std": list(recipe.std),
         "epochs": config.epochs,
-        "data_fingerprint": data_fingerprint,
+        "data_fingerprint": loop_config["data_fingerprint"],
+        "warm_start": loop_config["warm_start"],
     }
 
 
@@ -265,6 +267,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     encoder = build_encoder(config, world, device)
+    if loop_config["warm_start"] and ray.train.get_checkpoint() is None:
+        encoder.backbone.load_state_dict(load_file(loop_config["warm_start"], device=str(device)))
     model = ray.train.torch.prepare_model(encoder, move_to_device=False)
     local_batch = config.global_batch_size // world
     loader_config = LoaderConfig(
@@ -294,7 +298,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         encoder,
         optimizer,
         scheduler,
-        model_description(config, encoder.backbone.feature_dim, loop_config["data_fingerprint"]),
+        model_description(config, encoder.backbone.feature_dim, loop_config),
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -358,3 +362,4 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     "data_wait_share": waited / elapsed,
                 }
                 _report(state, loader, metrics, rank)
+                ready = time.perf_counter()  # time spent checkpointing is not data wait

@@ -24,6 +24,7 @@ from sslpipe.ssl_ops.optim import OPTIMIZERS
 
 from ..errors import UserError
 from ..ray_runtime import ensure_ray
+from ..registry import ModelRegistry
 from .base import StageConfig, StageContext
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -31,6 +32,7 @@ BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
+WARM_START_WEIGHTS = "backbone.safetensors"  # written by the export stage
 MODEL_FILES = ("backbone.pt", "encoder.pt", "model.json", "history.jsonl")
 
 
@@ -71,6 +73,11 @@ class PretrainConfig(StageConfig):
         0.05, ge=0, description="stop when √D·std(normalised z) stays below this; 0 disables"
     )
     collapse_patience: int = Field(3, gt=0, description="consecutive low-std checks to stop")
+    warm_start: str | None = Field(
+        None,
+        description="model registry whose latest promoted backbone initialises the backbone "
+        "(random init while it has none); not part of the fingerprint",
+    )
 
     @model_validator(mode="after")
     def _views_are_valid(self) -> PretrainConfig:
@@ -114,6 +121,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             f"divisible by num_workers {config.num_workers}"
         )
     manifest = read_manifest(ctx.inputs["data"])
+    warm_start = _warm_start_weights(config)
     ensure_ray()
     trainer = TorchTrainer(
         train_worker,
@@ -122,6 +130,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
             "num_classes": manifest["num_classes"],
             "data_fingerprint": manifest["source_fingerprint"],
+            "warm_start": warm_start,
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
@@ -145,6 +154,22 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         for name in MODEL_FILES:
             shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
     return {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+
+
+def _warm_start_weights(config: PretrainConfig) -> str | None:
+    """The promoted backbone's weights file, resolved now so a promotion mid-run changes
+    nothing; None without ``warm_start`` or before the registry's first promotion."""
+    if config.warm_start is None:
+        return None
+    latest = ModelRegistry(config.warm_start).latest()
+    if latest is None:
+        print(f"[{config.name}] {config.warm_start} has no promoted model yet: random init")
+        return None
+    weights = latest / WARM_START_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"stage {config.name!r}: warm_start: {weights} does not exist")
+    print(f"[{config.name}] warm start from {latest}", flush=True)
+    return str(weights)
 
 
 def _root_cause(error: BaseException) -> str:
