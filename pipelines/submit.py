@@ -55,10 +55,15 @@ def _relative_spec(spec: Path, working_dir: Path) -> Path:
 
 
 def _connect(address: str) -> JobSubmissionClient:
+    """A client of the cluster's dashboard; unreachable or refusing us is one ``UserError``."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as error:
+        reason = " ".join(error.message.split())
+        raise UserError(f"{address} refused the token (RAY_AUTH_TOKEN): {reason}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:
         reason = " ".join(str(error).split())
         raise UserError(f"no Ray dashboard at {address}: {reason}") from None

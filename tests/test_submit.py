@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,23 +24,39 @@ SMALL = ("stages.ingest.source.num_images=600", "stages.ingest.shard_size=100")
 
 pytestmark = pytest.mark.slow
 
+# The head, the jobs and sslpipe submit share one token of their own (Ray's token
+# authentication, as on a real cluster), and no other Ray cluster's address.
+TOKEN = secrets.token_hex(32)
+ENV = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+ENV |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def _get(url: str) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read().decode()
 
 
-def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start exited early"
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open together, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _wait_for_dashboard(url: str, head: subprocess.Popen, temp_dir: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and head.poll() is None:
         try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
-                return
+            _get(f"{url}/api/version")
+            return
         except OSError:
             time.sleep(1)
-    raise TimeoutError(f"no Ray dashboard at {url} after {timeout} s")
+    logs = [temp_dir / "ray-start.log", temp_dir / "session_latest/logs/dashboard.log"]
+    tails = "\n".join(p.read_text()[-2000:] for p in logs if p.exists())
+    raise RuntimeError(f"no Ray dashboard at {url} (ray start: {head.poll()}):\n{tails}")
 
 
 def _stop(head: subprocess.Popen) -> None:
@@ -47,7 +64,7 @@ def _stop(head: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        head.wait(timeout=20)
+        head.wait(timeout=3)
     with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
         os.killpg(head.pid, signal.SIGKILL)
     head.wait(timeout=10)
@@ -57,34 +74,30 @@ def _stop(head: subprocess.Popen) -> None:
 def ray_head() -> Iterator[str]:
     """A Ray head with its dashboard on loopback; yields the dashboard's address."""
     temp_dir = Path("/tmp") / f"sslsub-{os.getpid()}"
-    dashboard = _free_port()
+    temp_dir.mkdir()
+    dashboard, client, metrics, agent = _free_ports(4)
     bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # the job runs `sslpipe`
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}"}  # jobs run `sslpipe`
     command = [str(bin_dir / "ray"), "start", "--head", "--block", "--port=0"]
     command += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
     command += ["--include-dashboard=true", f"--dashboard-port={dashboard}"]
-    for option in ("ray-client-server", "metrics-export", "dashboard-agent-listen"):
-        command.append(f"--{option}-port={_free_port()}")
+    command += [f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}"]
+    command += [f"--dashboard-agent-listen-port={agent}"]
     command += [f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats"]
-    head = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with (temp_dir / "ray-start.log").open("w") as log:
+        head = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_for_dashboard(url, head)
+        _wait_for_dashboard(url, head, temp_dir)
         yield url
     finally:
         _stop(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _submit(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _submit(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sslpipe.pipelines.cli", "submit", *args],
         capture_output=True,
@@ -143,19 +156,31 @@ def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Pat
         "did you mean 'epochs'?"
     )
     assert result.stdout == ""
-    with urllib.request.urlopen(f"{ray_head}/api/jobs/", timeout=10) as response:
-        jobs = response.read().decode()
-    assert "epochz" not in jobs
+    assert "epochz" not in _get(f"{ray_head}/api/jobs/")
 
 
 def test_unreachable_address_is_one_line(tmp_path: Path) -> None:
     result = _submit(
         QUICKSTART,
         "--address",
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{_free_ports(1)[0]}",
         "--set",
         f"workdir={tmp_path / 'runs'}",
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no Ray dashboard")
     assert result.stdout == ""
+
+
+def test_wrong_token_is_one_line(ray_head: str, tmp_path: Path) -> None:
+    result = _submit(
+        QUICKSTART,
+        "--address",
+        ray_head,
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        env={**ENV, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {ray_head} refused the token"), result.stderr
