@@ -69,11 +69,11 @@ def _connect(address: str) -> JobSubmissionClient:
         raise UserError(f"no Ray dashboard at {address}: {reason}") from None
 
 
-def _warn_if_workdir_is_local(workdir: str) -> None:
-    if "://" not in workdir and not Path(workdir).is_absolute():
+def _warn_if_workdir_is_relative(workdir: str) -> None:
+    if not Path(workdir).is_absolute():
         print(
             f"warning: workdir {workdir!r} is relative, so on the cluster it lands in the "
-            "job's temporary copy of the project; use --set workdir=/shared/path or s3://…",
+            "job's temporary copy of the project; use --set workdir=/a/path/every/node/sees",
             file=sys.stderr,
         )
 
@@ -88,7 +88,7 @@ def submit(
     """
     pipeline = load_spec(spec, overrides)
     entrypoint = job_entrypoint(_relative_spec(spec, working_dir), overrides)
-    _warn_if_workdir_is_local(pipeline.workdir)
+    _warn_if_workdir_is_relative(pipeline.workdir)
     client = _connect(address)
     job_id = client.submit_job(
         entrypoint=entrypoint,
