@@ -13,7 +13,8 @@ import asyncio
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ WORKING_DIR_EXCLUDES = [
 ]
 
 
-def job_entrypoint(spec: Path, overrides: Sequence[str]) -> str:
+def _job_entrypoint(spec: Path, overrides: Sequence[str]) -> str:
     """The shell command the job runs: ``sslpipe run SPEC --set A=B …``, quoted."""
     words = ["sslpipe", "run", spec.as_posix()]
     for override in overrides:
@@ -54,19 +55,21 @@ def _relative_spec(spec: Path, working_dir: Path) -> Path:
         ) from None
 
 
-def _connect(address: str) -> JobSubmissionClient:
-    """A client of the cluster's dashboard; unreachable or refusing us is one ``UserError``."""
+@contextmanager
+def _cluster_errors(address: str) -> Iterator[None]:
+    """Turn what the cluster's dashboard answers (or not) into one-line ``UserError``s."""
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        yield
     except AuthenticationError as error:
         reason = " ".join(error.message.split())
         raise UserError(f"{address} refused the token (RAY_AUTH_TOKEN): {reason}") from None
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except ConnectionError as error:
         reason = " ".join(str(error).split())
         raise UserError(f"no Ray dashboard at {address}: {reason}") from None
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"{address}: {' '.join(str(error).split())}") from None
 
 
 def _warn_if_workdir_is_relative(workdir: str) -> None:
@@ -83,21 +86,24 @@ def submit(
 ) -> None:
     """Validate ``spec``, submit it as a Ray Job, print its id; with ``follow``, stream its logs.
 
-    Raises ``SpecError`` (nothing sent) for an invalid spec and ``UserError`` for an
-    unreachable cluster or, with ``follow``, a job that did not succeed.
+    Raises ``SpecError`` (nothing sent) for an invalid spec and ``UserError`` for a cluster
+    that cannot be reached or refuses the job or, with ``follow``, a job that did not succeed.
     """
+    from ray.job_submission import JobSubmissionClient
+
     pipeline = load_spec(spec, overrides)
-    entrypoint = job_entrypoint(_relative_spec(spec, working_dir), overrides)
+    entrypoint = _job_entrypoint(_relative_spec(spec, working_dir), overrides)
     _warn_if_workdir_is_relative(pipeline.workdir)
-    client = _connect(address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES},
-        metadata={"sslpipe_spec": pipeline.name, "sslpipe_workdir": pipeline.workdir},
-    )
-    print(job_id, flush=True)
-    if follow:
-        _follow(client, job_id, address)
+    with _cluster_errors(address):
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES},
+            metadata={"sslpipe_spec": pipeline.name, "sslpipe_workdir": pipeline.workdir},
+        )
+        print(job_id, flush=True)
+        if follow:
+            _follow(client, job_id, address)
 
 
 def _follow(client: JobSubmissionClient, job_id: str, address: str) -> None:
