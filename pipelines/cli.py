@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        reason = f" ({interrupt})" if str(interrupt) else ""
+        print(f"interrupted{reason}; the same command continues from here", file=sys.stderr)
         return 130
     return 0
 

@@ -256,6 +256,14 @@ def _report(state: TrainState, loader: ViewLoader, metrics: dict[str, float], ra
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _stop_requested(stop_file: Path, device: torch.device) -> bool:
+    """Whether the driver asked to stop; every rank gets the same answer at the same step."""
+    flag = torch.tensor([float(stop_file.exists())], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     # Ray Train logs every report and checkpoint at INFO; the stage prints its own progress.
     for name in ("", "ray", "ray.train"):
@@ -280,6 +288,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         device="gpu" if device.type == "cuda" else "cpu",
     )
     shards = [Path(s) for s in loop_config["shards"]]
+    stop_file = Path(loop_config["stop_file"])
     loader = ViewLoader(shards, config.recipes(), loader_config)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
@@ -351,7 +360,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             periodic = config.checkpoint_every_steps and (
                 state.step % config.checkpoint_every_steps == 0
             )
-            if end_of_epoch or periodic:
+            stopping = _stop_requested(stop_file, device)
+            if end_of_epoch or periodic or stopping:
                 elapsed = time.perf_counter() - epoch_start
                 trained = state.step - (steps_per_epoch - remaining) - epoch * steps_per_epoch
                 metrics = {
@@ -363,3 +373,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 }
                 _report(state, loader, metrics, rank)
                 ready = time.perf_counter()  # time spent checkpointing is not data wait
+            if stopping:
+                if rank == 0:
+                    print(f"[pretrain] stopped at step {state.step} (checkpoint saved)")
+                return

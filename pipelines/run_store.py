@@ -74,8 +74,9 @@ class RunStore:
         os.replace(staging, final)
         shutil.rmtree(retired, ignore_errors=True)
 
-    def record_failure(self, name: str, state: dict[str, Any]) -> None:
-        """Mark the stage failed; its previous outputs (if any) stay but will be rerun."""
+    def record(self, name: str, state: dict[str, Any]) -> None:
+        """Record a stage as running, failed or interrupted; its previous outputs (if any)
+        stay but are not up to date any more."""
         final = self.stage_dir(name)
         final.mkdir(parents=True, exist_ok=True)
         _write_json(final / STATE_FILE, state)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 from .errors import UserError
+from .interrupt import handle_stop_signals
 from .ray_runtime import shutdown_ray
 from .run_store import RunStore, now
 from .spec import PipelineSpec, execution_order
@@ -39,8 +38,8 @@ def run_pipeline(
 
     With ``if_changed`` nothing runs unless some stage would (new data, a changed config, a
     failed or missing stage); either way the check is appended to ``<workdir>/checks.jsonl``.
-    SIGTERM stops a run like Ctrl-C: the running stage is marked interrupted, the lock
-    released and Ray shut down; the next run continues from there.
+    SIGINT/SIGTERM stop the run (see ``interrupt.py``): the running stage is marked
+    interrupted, Ray shut down and the lock released; the next run continues from there.
     """
     unknown = [name for name in force if name not in {s.name for s in spec.stages}]
     if unknown:
@@ -48,7 +47,7 @@ def run_pipeline(
     store = RunStore(Path(spec.workdir))
     store.lock()
     try:
-        with _sigterm_as_interrupt():
+        with handle_stop_signals():
             if if_changed:
                 changes = {s.name: why for s, _, why in plan(spec, store, force) if why}
                 store.record_check(spec.name, changes)
@@ -60,18 +59,6 @@ def run_pipeline(
         shutdown_ray()
         store.unlock()
     _print_summary(spec, store)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def plan(
@@ -133,6 +120,8 @@ def _why_run(
         return f"upstream {', '.join(changed)} reran"
     if state is None:
         return "never ran"
+    if state.get("status") == "running":
+        return "last run did not finish"
     if state.get("status") != "succeeded":
         return f"last run {state.get('status')}"
     if state.get("fingerprint") != fp:
@@ -149,15 +138,16 @@ def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str,
         run_id=fp[:12],
     )
     state = {"status": "running", "fingerprint": fp, "type": stage.type, "started": now()}
+    store.record(stage.name, state)
     began = time.perf_counter()
     try:
         metrics = STAGE_TYPES[stage.type].run(stage, context)
     except KeyboardInterrupt:
-        store.record_failure(stage.name, {**state, "status": "interrupted", "ended": now()})
+        store.record(stage.name, {**state, "status": "interrupted", "ended": now()})
         raise
     except BaseException as error:
         failed = {**state, "status": "failed", "ended": now(), "error": f"{error}"}
-        store.record_failure(stage.name, failed)
+        store.record(stage.name, failed)
         if isinstance(error, UserError):
             raise
         traceback.print_exc()

@@ -23,6 +23,7 @@ from sslpipe.ssl_ops import BACKBONES, METHODS, get_method
 from sslpipe.ssl_ops.optim import OPTIMIZERS
 
 from ..errors import UserError
+from ..interrupt import stop_hook, stop_requested
 from ..ray_runtime import ensure_ray
 from ..registry import ModelRegistry
 from .base import StageConfig, StageContext
@@ -32,6 +33,7 @@ BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
+STOP_FILE = "STOP"  # its presence asks the workers to checkpoint and return
 WARM_START_WEIGHTS = "backbone.safetensors"  # written by the export stage
 MODEL_FILES = ("backbone.pt", "encoder.pt", "model.json", "history.jsonl")
 
@@ -123,6 +125,11 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     manifest = read_manifest(ctx.inputs["data"])
     warm_start = _warm_start_weights(config)
     ensure_ray()
+    # Named by the stage fingerprint: a rerun after a crash resumes this run's latest
+    # checkpoint, a changed config starts afresh.
+    run_name = f"{config.name}-{ctx.run_id}"
+    stop_file = (ctx.workdir / "_ray" / run_name / STOP_FILE).resolve()
+    stop_file.unlink(missing_ok=True)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -131,6 +138,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             "num_classes": manifest["num_classes"],
             "data_fingerprint": manifest["source_fingerprint"],
             "warm_start": warm_start,
+            "stop_file": str(stop_file),
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
@@ -138,18 +146,20 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             resources_per_worker={"CPU": 1, **({"GPU": 1} if config.use_gpu else {})},
         ),
         run_config=RunConfig(
-            # Named by the stage fingerprint: a rerun after a crash resumes this run's
-            # latest checkpoint, a changed config starts afresh.
-            name=f"{config.name}-{ctx.run_id}",
+            name=run_name,
             storage_path=str((ctx.workdir / "_ray").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
     try:
-        result = trainer.fit()
+        with stop_hook(lambda: _touch(stop_file)):
+            result = trainer.fit()
     except TrainingFailedError as error:
         raise UserError(f"stage {config.name!r}: {_root_cause(error)}") from None
+    if stop_requested():
+        stop_file.unlink(missing_ok=True)
+        raise KeyboardInterrupt(f"{stop_requested()}: stopped at step {result.metrics['step']}")
     with result.checkpoint.as_directory() as checkpoint_dir:
         for name in MODEL_FILES:
             shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
@@ -170,6 +180,11 @@ def _warm_start_weights(config: PretrainConfig) -> str | None:
         raise UserError(f"stage {config.name!r}: warm_start: {weights} does not exist")
     print(f"[{config.name}] warm start from {latest}", flush=True)
     return str(weights)
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
 
 
 def _root_cause(error: BaseException) -> str:
