@@ -13,24 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_args import add_spec_arguments
 from .cli_datasets import register_bench_loader, register_ingest
 from .cli_deploy import register_submit
 from .errors import SpecError, UserError
 
 if TYPE_CHECKING:
     from .spec import PipelineSpec
-
-
-def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="pipeline spec (YAML)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="PATH=VALUE",
-        help="override a spec value, e.g. stages.pretrain.epochs=5 (repeatable)",
-    )
 
 
 def _load(args: argparse.Namespace) -> PipelineSpec:
@@ -87,7 +76,7 @@ def _registry(args: argparse.Namespace) -> None:
 
 def register_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
-    _add_spec_arguments(parser)
+    add_spec_arguments(parser)
     parser.add_argument(
         "--force", action="append", default=[], metavar="STAGE", help="rerun this stage"
     )
@@ -101,14 +90,14 @@ def register_run(commands: argparse._SubParsersAction) -> None:
 
 def register_plan(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("plan", help="print, per stage, run or skip and why")
-    _add_spec_arguments(parser)
+    add_spec_arguments(parser)
     parser.add_argument("--force", action="append", default=[], metavar="STAGE")
     parser.set_defaults(handler=_plan)
 
 
 def register_validate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("validate", help="check a spec without running anything")
-    _add_spec_arguments(parser)
+    add_spec_arguments(parser)
     parser.set_defaults(handler=_validate)
 
 

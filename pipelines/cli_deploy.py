@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_args import add_spec_arguments
+
 
 def _submit(args: argparse.Namespace) -> None:
     from .submit import submit
@@ -22,15 +24,7 @@ def register_submit(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "submit", help="run a spec on a Ray cluster as a Ray Job (sslpipe run on the cluster)"
     )
-    parser.add_argument("spec", help="pipeline spec (YAML) inside --working-dir")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="PATH=VALUE",
-        help="override a spec value, e.g. stages.pretrain.epochs=5 (repeatable)",
-    )
+    add_spec_arguments(parser, "pipeline spec inside --working-dir")
     parser.add_argument(
         "--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265"
     )
