@@ -20,7 +20,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .recipes import ViewRecipe
-from .shards import IMAGE_EXTS, LABEL_EXT, index_path
+from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, index_path
 
 READER_NAME = "reader"
 
@@ -132,12 +132,15 @@ def _view(encoded, recipe: ViewRecipe, decode_device: str) -> list:
     return [_finish(images, recipe)]
 
 
-def _reader(shards: Sequence[str], shard_id: int, num_shards: int, shuffle: bool):
+def _reader(
+    shards: Sequence[str], shard_id: int, num_shards: int, shuffle: bool, with_index: bool = False
+):
+    """``(encoded, labels)``, and the samples' split indices when ``with_index``."""
     return fn.readers.webdataset(
         paths=list(shards),
         index_paths=[str(index_path(Path(s))) for s in shards],
-        ext=[";".join(IMAGE_EXTS), LABEL_EXT],
-        dtypes=[types.UINT8, types.INT32],
+        ext=[";".join(IMAGE_EXTS), LABEL_EXT, *([INDEX_EXT] if with_index else [])],
+        dtypes=[types.UINT8, types.INT32, *([types.INT64] if with_index else [])],
         missing_component_behavior="error",
         shard_id=shard_id,
         num_shards=num_shards,
@@ -156,10 +159,11 @@ def _views_pipeline(
     num_shards: int,
     shuffle: bool,
     decode_device: str,
+    with_index: bool,
 ):
-    encoded, labels = _reader(shards, shard_id, num_shards, shuffle)
+    encoded, *annotations = _reader(shards, shard_id, num_shards, shuffle, with_index)
     outputs = [out for recipe in recipes for out in _view(encoded, recipe, decode_device)]
-    return (*outputs, labels)
+    return (*outputs, *annotations)
 
 
 @pipeline_def
@@ -179,6 +183,7 @@ class LoaderConfig:
     shuffle: bool = True
     drop_last: bool = True
     device: str = "auto"  # "auto" | "cpu" | "gpu"
+    with_index: bool = False  # also yield each sample's split index (``KEY.index``)
 
 
 class ViewLoader:
@@ -189,7 +194,10 @@ class ViewLoader:
     except a jigsaw recipe (PIRL), which contributes two entries: the patches N×G²×3×P×P and
     their order N×G² (int64; ``order[n, j]`` = grid cell, row-major, that patch j was cut from,
     the convention of ``ssl_ops.JigsawHead``). So ``pirl`` yields
-    ``[image N×3×224×224, patches N×9×3×64×64, order N×9]``.
+    ``[image N×3×224×224, patches N×9×3×64×64, order N×9]``. With ``config.with_index``
+    a batch is ``(views, labels, indices)``: ``indices`` (int64, N) are the samples' positions
+    in their split as written at ingest (``shards.INDEX_EXT``), stable across epochs, ranks
+    and shuffles.
 
     With ``drop_last`` every rank yields the same number of batches (DALI pads each slice to
     the same length, the iterator drops the remainder); without it the last batch is partial
@@ -231,6 +239,7 @@ class ViewLoader:
             num_shards=config.num_shards,
             shuffle=config.shuffle,
             decode_device="cpu" if self.device is None else "mixed",
+            with_index=config.with_index,
             batch_size=config.batch_size,
             num_threads=config.num_threads,
             device_id=None if self.device is None else self.device.index,
@@ -242,7 +251,7 @@ class ViewLoader:
         policy = LastBatchPolicy.DROP if config.drop_last else LastBatchPolicy.PARTIAL
         self._iterator = DALIGenericIterator(
             self.pipeline,
-            [*self._names, "label"],
+            [*self._names, "label", *(["index"] if config.with_index else [])],
             reader_name=READER_NAME,
             last_batch_policy=policy,
             auto_reset=True,
@@ -258,11 +267,15 @@ class ViewLoader:
     def __len__(self) -> int:
         return len(self._iterator)
 
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         for batch in self._iterator:
             outputs = batch[0]
             views = [
                 outputs[name].long() if name.startswith("order") else outputs[name]
                 for name in self._names
             ]
-            yield views, outputs["label"].reshape(-1).long()
+            labels = outputs["label"].reshape(-1).long()
+            if self.config.with_index:
+                yield views, labels, outputs["index"].reshape(-1)
+            else:
+                yield views, labels

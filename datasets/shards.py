@@ -1,10 +1,13 @@
 """WebDataset shards with DALI index files, written deterministically and atomically.
 
-Each sample in a shard is two tar members sharing the key:
+Each sample in a shard is three tar members sharing the key:
 
 * ``KEY.<ext>``  the original encoded image (``jpg``, ``png``, ...);
 * ``KEY.label``  the label as a 4-byte little-endian int32, which
-  ``fn.readers.webdataset(..., dtypes=[UINT8, INT32])`` reads directly (−1 = unlabelled).
+  ``fn.readers.webdataset(..., dtypes=[UINT8, INT32])`` reads directly (−1 = unlabelled);
+* ``KEY.index``  the sample's position in its split (0 … n−1 in writing order, across the
+  split's shards) as an 8-byte little-endian int64 (DALI ``INT64``): a stable per-image id
+  for methods that keep per-image state, such as PIRL's memory bank.
 
 Members carry fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples in the
 same order give byte-identical tars. A shard is written to ``.name.tmp`` and renamed when
@@ -27,6 +30,7 @@ from pathlib import Path
 from .samples import Sample
 
 LABEL_EXT = "label"
+INDEX_EXT = "index"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "jp2", "pnm", "ppm", "pgm")
 DALI_INDEX_VERSION = "v1.2"
 _BLOCK = tarfile.BLOCKSIZE
@@ -40,12 +44,29 @@ def decode_label(data: bytes) -> int:
     return struct.unpack("<i", data)[0]
 
 
+def encode_index(index: int) -> bytes:
+    return struct.pack("<q", index)
+
+
+def decode_index(data: bytes) -> int:
+    return struct.unpack("<q", data)[0]
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
 def index_path(shard: Path) -> Path:
     return shard.with_suffix(".idx")
+
+
+def count_samples(shards: Iterable[Path]) -> int:
+    """Samples in ``shards``, read from the header line of their DALI index files."""
+    total = 0
+    for shard in shards:
+        with open(index_path(Path(shard))) as handle:
+            total += int(handle.readline().split()[1])
+    return total
 
 
 @dataclass
@@ -68,7 +89,8 @@ class ShardWriter:
 
     A shard is closed before the sample that would exceed ``max_samples`` or push its members
     past ``max_bytes`` (only a single sample larger than the cap makes a bigger shard; tar's
-    end-of-archive record padding, up to 10 KiB, comes on top).
+    end-of-archive record padding, up to 10 KiB, comes on top). Sample indices continue from
+    the shards before ``first_index``, counted from their DALI index files.
     """
 
     def __init__(
@@ -85,13 +107,20 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.first_index = first_index  # resuming: shards before it are already written
         self.shards: list[ShardInfo] = []
+        self.next_sample = count_samples(
+            self.out_dir / shard_name(index) for index in range(first_index)
+        )
         self._current: _OpenShard | None = None
 
     def write(self, sample: Sample) -> None:
         if "." in sample.key or "/" in sample.key:
             raise ValueError(f"sample key {sample.key!r} must not contain '.' or '/'")
         shard = self._current
-        members = [(sample.ext, sample.image), (LABEL_EXT, encode_label(sample.label))]
+        members = [
+            (sample.ext, sample.image),
+            (LABEL_EXT, encode_label(sample.label)),
+            (INDEX_EXT, encode_index(self.next_sample)),
+        ]
         needed = sum(_BLOCK + -(-len(payload) // _BLOCK) * _BLOCK for _, payload in members)
         if shard is not None and (
             len(shard.index_lines) >= self.max_samples or shard.tar.offset + needed > self.max_bytes
@@ -106,6 +135,7 @@ class ShardWriter:
             data_offset = self._add_member(shard.tar, name, payload)
             line.append(f"{ext} {data_offset} {len(payload)} {name}")
         shard.index_lines.append(" ".join(line))
+        self.next_sample += 1
 
     def close(self) -> list[ShardInfo]:
         self._close_current()

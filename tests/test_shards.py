@@ -9,7 +9,13 @@ import numpy as np
 import webdataset as wds
 
 from sslpipe.datasets.ingest import ingest, read_manifest, split_shards
-from sslpipe.datasets.shards import decode_label, list_shards
+from sslpipe.datasets.shards import (
+    ShardWriter,
+    count_samples,
+    decode_index,
+    decode_label,
+    list_shards,
+)
 from sslpipe.datasets.sources import ImageFolderSource, SyntheticShapesSource
 
 
@@ -46,14 +52,34 @@ def test_dali_index_offsets_point_at_the_members(tmp_path: Path) -> None:
     data = shard.read_bytes()
     lines = shard.with_suffix(".idx").read_text().splitlines()
     assert lines[0] == "v1.2 30"
+    indices = []
     for line in lines[1:]:
         fields = line.split()
         for ext, offset, size, name in zip(*[iter(fields)] * 4, strict=True):
             payload = data[int(offset) : int(offset) + int(size)]
             if ext == "jpg":
                 assert payload[:2] == b"\xff\xd8", name
-            else:
+            elif ext == "label":
                 assert len(payload) == 4 and np.frombuffer(payload, "<i4")[0] in range(10)
+            else:
+                assert ext == "index" and len(payload) == 8, name
+                indices.append(int(np.frombuffer(payload, "<i8")[0]))
+    assert indices == list(range(30))
+
+
+def test_sample_indices_run_across_shards_and_resumed_writers(tmp_path: Path) -> None:
+    source = SyntheticShapesSource(23, image_size=16)
+    samples = [source.load(item) for item in source.items()]
+    with ShardWriter(tmp_path, max_samples=5) as writer:
+        for sample in samples[:10]:
+            writer.write(sample)
+    with ShardWriter(tmp_path, max_samples=5, first_index=2) as resumed:
+        for sample in samples[10:]:
+            resumed.write(sample)
+    shards = list_shards(tmp_path)
+    assert count_samples(shards) == 23
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
+    assert [decode_index(s["index"]) for s in dataset] == list(range(23))
 
 
 def test_ingest_is_deterministic(tmp_path: Path) -> None:
