@@ -36,8 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from .progress import Progress
 from .samples import UNLABELLED, Sample
 from .shards import ShardInfo, ShardWriter
 from .sources import Item, Rejection, Source
@@ -203,12 +202,7 @@ def ingest(
     partial = out_dir / PARTIAL
     journal = _Journal(partial, params)
     splits = split_items(items, val_fraction, seed)
-    bar = tqdm(
-        total=len(items),
-        unit="img",
-        desc="ingest",
-        disable=not sys.stderr.isatty() if progress is None else not progress,
-    )
+    bar = Progress("ingest", len(items), unit="image", bar=progress)
     rejections = list(source.rejections)
     split_info = {}
     for name, split in splits.items():
@@ -236,7 +230,7 @@ def _write_split(
     partial: Path,
     journal: _Journal,
     rejections: list[Rejection],
-    bar: tqdm,
+    bar: Progress,
     *,
     max_samples: int,
     max_bytes: int,

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
+from sslpipe.datasets.progress import Progress
 from sslpipe.ssl_ops import build_backbone, get_method, projector
 from sslpipe.ssl_ops.metrics import rankme
 from sslpipe.ssl_ops.optim import build_optimizer, warmup_cosine
@@ -323,6 +324,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         config, encoder.backbone.feature_dim, loop_config["num_classes"], device
     )
 
+    # Lines with ETA from rank 0 (a worker's output reaches the driver line by line).
+    progress = None
+    if rank == 0:
+        progress = Progress(
+            "pretrain", total_steps, done=state.step, bar=False, log_every=config.log_every_steps
+        )
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
         remaining = steps_per_epoch - state.step % steps_per_epoch
@@ -349,12 +356,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "data_wait_share": wait_seconds / step_seconds,
             }
             state.history.append(record)
-            if rank == 0 and state.step % config.log_every_steps == 0:
-                print(
-                    f"[pretrain] epoch {epoch + 1}/{config.epochs} "
-                    f"step {state.step}/{total_steps} loss {record['loss']:.4f} "
-                    f"{record['images_per_s']:.0f} img/s",
-                    flush=True,
+            if progress is not None:
+                progress.update(
+                    status=f"epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
+                    f"{record['images_per_s']:.0f} img/s"
                 )
             end_of_epoch = state.step % steps_per_epoch == 0
             periodic = config.checkpoint_every_steps and (

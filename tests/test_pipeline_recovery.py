@@ -64,7 +64,7 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path) -> None:
     # 1. SIGTERM mid-pretrain: the workers checkpoint, the run stops cleanly.
     first = Run(workdir, tmp_path / "first.log")
     try:
-        first.wait_for(f"step 4/{TOTAL_STEPS}")
+        first.wait_for(f"step 4/{TOTAL_STEPS} ")
         first.process.send_signal(signal.SIGTERM)
         assert first.finish(timeout=90) == 130, first.output()
     finally:
@@ -95,7 +95,7 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path) -> None:
         )
         # 3. SIGKILL of the driver after one more checkpoint: no chance to clean up.
         resumed_at = int(second.output().split("resumed from step ")[1].split("/")[0])
-        second.wait_for(f"step {resumed_at + 3}/{TOTAL_STEPS}")
+        second.wait_for(f"step {resumed_at + 3}/{TOTAL_STEPS} ")
         second.process.send_signal(signal.SIGKILL)
         second.finish(timeout=30)
     finally:
