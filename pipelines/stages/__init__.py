@@ -1,5 +1,9 @@
-"""The stage types a spec can use, by name: each has a config model and a run function."""
+"""The stage types a spec can use, by name: each has a config model and a run function.
 
+Installed packages add stage types through the ``sslpipe.stages`` entry point group.
+"""
+
+from ..plugins import add_plugins
 from . import export, ingest, pretrain, probe
 from .base import StageConfig, StageContext, StageType
 
@@ -11,5 +15,6 @@ STAGE_TYPES: dict[str, StageType] = {
         export.ExportConfig, export.run, outputs=("model.onnx", "model.pt2", "model_card.json")
     ),
 }
+add_plugins("sslpipe.stages", STAGE_TYPES)
 
 __all__ = ["STAGE_TYPES", "StageConfig", "StageContext", "StageType"]

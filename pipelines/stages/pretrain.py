@@ -24,10 +24,13 @@ from sslpipe.ssl_ops.optim import OPTIMIZERS
 
 from ..errors import UserError
 from ..interrupt import stop_hook, stop_requested
+from ..plugins import add_plugins
 from ..ray_runtime import ensure_ray
 from ..registry import ModelRegistry
 from .base import StageConfig, StageContext
 
+add_plugins("sslpipe.methods", METHODS)
+add_plugins("sslpipe.backbones", BACKBONES)
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
