@@ -36,7 +36,7 @@ BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
-STOP_FILE = "STOP"  # its presence asks the workers to checkpoint and return
+STOP_FILE = "stop"  # <workdir>/.<run>.stop asks the workers to checkpoint and return
 WARM_START_WEIGHTS = "backbone.safetensors"  # written by the export stage
 MODEL_FILES = ("backbone.pt", "encoder.pt", "model.json", "history.jsonl")
 
@@ -62,7 +62,7 @@ class PretrainConfig(StageConfig):
     base_lr: float | None = Field(None, gt=0, description="lr = base_lr × global_batch / 256")
     weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float = Field(10, ge=0)
-    loss: dict[str, float] = Field(default_factory=dict, description="objective keyword args")
+    loss: dict[str, int | float] = Field(default_factory=dict, description="objective keyword args")
     num_workers: int = Field(2, gt=0)
     use_gpu: bool = False
     dali_threads: int = Field(2, gt=0)
@@ -78,6 +78,11 @@ class PretrainConfig(StageConfig):
         0.05, ge=0, description="stop when √D·std(normalised z) stays below this; 0 disables"
     )
     collapse_patience: int = Field(3, gt=0, description="consecutive low-std checks to stop")
+    storage_path: str | None = Field(
+        None,
+        description="where Ray Train keeps this stage's checkpoints: a path every node sees or "
+        "an s3:// / gs:// URI (pyarrow); default <workdir>/_ray",
+    )
     warm_start: str | None = Field(
         None,
         description="model registry whose latest promoted backbone initialises the backbone "
@@ -131,7 +136,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     # Named by the stage fingerprint: a rerun after a crash resumes this run's latest
     # checkpoint, a changed config starts afresh.
     run_name = f"{config.name}-{ctx.run_id}"
-    stop_file = (ctx.workdir / "_ray" / run_name / STOP_FILE).resolve()
+    stop_file = (ctx.workdir / f".{run_name}.{STOP_FILE}").resolve()
     stop_file.unlink(missing_ok=True)
     trainer = TorchTrainer(
         train_worker,
@@ -150,7 +155,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str((ctx.workdir / "_ray").resolve()),
+            storage_path=config.storage_path or str((ctx.workdir / "_ray").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
