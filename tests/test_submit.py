@@ -108,12 +108,14 @@ def _submit(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProces
     )
 
 
+def _sets(*overrides: str) -> list[str]:
+    return [word for override in overrides for word in ("--set", override)]
+
+
 def test_submit_runs_the_quickstart_on_the_cluster(ray_head: str, tmp_path: Path) -> None:
     workdir = tmp_path / "runs"
     overrides = [f"workdir={workdir}", "stages.pretrain.epochs=1", *SMALL]
-    result = _submit(
-        QUICKSTART, "--address", ray_head, "--follow", *(a for o in overrides for a in ("--set", o))
-    )
+    result = _submit(QUICKSTART, "--address", ray_head, "--follow", *_sets(*overrides))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = result.stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_"), result.stdout[:500]
@@ -125,15 +127,13 @@ def test_submit_runs_the_quickstart_on_the_cluster(ray_head: str, tmp_path: Path
 
 def test_failed_job_exits_1_with_its_status(ray_head: str, tmp_path: Path) -> None:
     # Valid locally, fails on the cluster: the ingest source is a folder that does not exist.
+    missing_source = f"stages.ingest.source={{kind: image_folder, path: {tmp_path / 'none'}}}"
     result = _submit(
         QUICKSTART,
         "--address",
         ray_head,
         "--follow",
-        "--set",
-        f"workdir={tmp_path / 'runs'}",
-        "--set",
-        f"stages.ingest.source={{kind: image_folder, path: {tmp_path / 'none'}}}",
+        *_sets(f"workdir={tmp_path / 'runs'}", missing_source),
     )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -145,10 +145,7 @@ def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Pat
         QUICKSTART,
         "--address",
         ray_head,
-        "--set",
-        f"workdir={tmp_path / 'runs'}",
-        "--set",
-        "stages.pretrain.epochz=1",
+        *_sets(f"workdir={tmp_path / 'runs'}", "stages.pretrain.epochz=1"),
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
