@@ -112,6 +112,20 @@ def _pirl() -> list[ViewRecipe]:
 
 
 _CIFAR = {"size": 32, "crop_scale": (0.08, 1.0), "mean": CIFAR_MEAN, "std": CIFAR_STD}
+
+
+def _pirl_cifar() -> list[ViewRecipe]:
+    """PIRL scaled to 32 px images: the jigsaw crop (area 60–100%, as VISSL's
+    ``crop_scale_patches``) is 3×3 cells of 10 px with an 8 px patch in each (the paper's
+    64/85 patch-to-cell ratio, rounded)."""
+    common: dict[str, Any] = {**_CIFAR, "blur_p": 0.0}
+    jigsaw = JigsawSpec(grid=3, cell=10, patch=8)
+    return [
+        ViewRecipe(**common),
+        ViewRecipe(**{**common, "crop_scale": (0.6, 1.0)}, flip_p=0.0, jigsaw=jigsaw),
+    ]
+
+
 # W-MSE (Ermolov et al. 2021): d views from one distribution, SimCLR-like augmentations.
 _WMSE = {"crop_scale": (0.2, 1.0), "blur_p": 0.5}
 
@@ -132,6 +146,7 @@ PRESETS: dict[str, list[ViewRecipe]] = {
     ],
     "wmse_cifar": [ViewRecipe(blur_p=0, **{**_CIFAR, "crop_scale": (0.2, 1.0)})] * 2,
     "wmse4_cifar": [ViewRecipe(blur_p=0, **{**_CIFAR, "crop_scale": (0.2, 1.0)})] * 4,
+    "pirl_cifar": _pirl_cifar(),
     "eval_cifar": _eval(32, center_crop_fraction=1.0, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
 PRESETS["vicreg_cifar"] = PRESETS["byol_cifar"]

@@ -5,8 +5,13 @@ seed = base seed + rank) and takes ``global_batch_size / world_size`` images per
 objectives in ``ssl_ops`` gather embeddings across workers with gradients and batch norm spans
 the global batch (``SyncBatchNorm`` on GPU, ``GlobalBatchNorm`` on CPU), so one step is the same
 math as one process holding the global batch. Checkpoints (model, optimizer, scheduler, step,
-RNG, history) are written every ``checkpoint_every_steps`` and at each epoch end; a restarted
-worker group resumes from the latest one.
+RNG, history, DALI positions, PIRL's memory bank) are written every ``checkpoint_every_steps``
+and at each epoch end; a restarted worker group resumes from the latest one.
+
+Methods with a memory bank (PIRL) read each sample's split index from the shards
+(``KEY.index``); every rank holds the whole bank and applies the same momentum update with
+the gathered batch (``ssl_ops.pirl``), so the replicas stay identical and rank 0's copy is
+the one checkpointed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
 from sslpipe.datasets.progress import Progress
-from sslpipe.ssl_ops import build_backbone, get_method, projector
+from sslpipe.datasets.shards import count_samples
+from sslpipe.ssl_ops import JigsawHead, MemoryBank, build_backbone, get_method, projector
 from sslpipe.ssl_ops.metrics import rankme
 from sslpipe.ssl_ops.optim import build_optimizer, warmup_cosine
 from sslpipe.ssl_ops.sync_batchnorm import convert_to_global_batchnorm
@@ -60,11 +66,34 @@ class MultiViewEncoder(nn.Module):
         return [self.projector(f) for f in features], features[0]
 
 
+class JigsawEncoder(MultiViewEncoder):
+    """PIRL's two branches on one backbone (Misra & van der Maaten, CVPR 2020, section 3.2):
+    f = projector(backbone(image)) and g = ``JigsawHead`` over the backbone features of the
+    shuffled patches. ``views = [image, patches, order]``, as a ``pirl`` loader yields them.
+    """
+
+    def __init__(self, backbone: nn.Module, projector_dims: list[int], num_patches: int) -> None:
+        super().__init__(backbone, projector_dims)
+        self.jigsaw = JigsawHead(backbone.feature_dim, projector_dims[-1], num_patches)
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        image, patches, order = views
+        features = self.backbone(image)
+        jigsaw = self.jigsaw.embed(self.backbone, patches, order)
+        return [self.projector(features), jigsaw], features
+
+
 def build_encoder(config: PretrainConfig, world_size: int, device: torch.device) -> nn.Module:
-    """The encoder with batch norm over the global batch when several workers train."""
+    """The encoder with batch norm over the global batch when several workers train; a view
+    recipe with a jigsaw view (PIRL) gets the ``JigsawEncoder``."""
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
-    encoder = MultiViewEncoder(backbone, config.resolved()["projector"])
+    dims = config.resolved()["projector"]
+    jigsaw = next((recipe.jigsaw for recipe in config.recipes() if recipe.jigsaw), None)
+    if jigsaw is None:
+        encoder = MultiViewEncoder(backbone, dims)
+    else:
+        encoder = JigsawEncoder(backbone, dims, jigsaw.grid**2)
     if world_size > 1:
         if device.type == "cuda":
             encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
@@ -73,6 +102,15 @@ def build_encoder(config: PretrainConfig, world_size: int, device: torch.device)
     if device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
     return encoder.to(device)
+
+
+def build_bank(config: PretrainConfig, num_samples: int, device: torch.device) -> MemoryBank | None:
+    """One row per training image for methods with a memory bank, seeded identically on
+    every rank; None for the others."""
+    if not get_method(config.method).memory_bank:
+        return None
+    dim = config.resolved()["projector"][-1]
+    return MemoryBank(num_samples, dim, seed=config.seed).to(device)
 
 
 def learning_rate(config: PretrainConfig, base_lr: float | None = None) -> float:
@@ -97,8 +135,12 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
+    loss_inputs: dict[str, Any] | None = None,
 ) -> StepResult:
-    """One optimizer step; raises ``TrainingStopped`` naming the step and the non-finite term."""
+    """One optimizer step; raises ``TrainingStopped`` naming the step and the non-finite term.
+
+    ``loss_inputs`` are per-batch keyword arguments of the objective (PIRL's ``bank`` and
+    ``indices``)."""
     device = views[0].device
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -108,7 +150,7 @@ def train_step(
     with autocast:
         projections, features = model(views)
         try:
-            out = get_method(config.method).loss(projections, **config.loss)
+            out = get_method(config.method).loss(projections, **config.loss, **(loss_inputs or {}))
         except FloatingPointError as error:
             raise TrainingStopped(f"step {step}: {error}") from None
     values = {name: float(value.detach()) for name, value in out.items()}
@@ -208,6 +250,7 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     loader_states: list[dict[str, Any]] | None = None  # one DALI state per rank
+    bank: MemoryBank | None = None  # identical on every rank
 
     def save(self, directory: Path) -> None:
         torch.save(
@@ -218,6 +261,7 @@ class TrainState:
                 "step": self.step,
                 "torch_rng": torch.get_rng_state(),
                 "loader_states": self.loader_states,
+                "bank": None if self.bank is None else self.bank.state_dict(),
             },
             directory / "state.pt",
         )
@@ -234,6 +278,8 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.loader_states = state.get("loader_states")
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
         torch.set_rng_state(state["torch_rng"])
         lines = (directory / "history.jsonl").read_text().splitlines()
         self.history = [json.loads(line) for line in lines][: self.step]
@@ -279,6 +325,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if loop_config["warm_start"] and ray.train.get_checkpoint() is None:
         encoder.backbone.load_state_dict(load_file(loop_config["warm_start"], device=str(device)))
     model = ray.train.torch.prepare_model(encoder, move_to_device=False)
+    shards = [Path(s) for s in loop_config["shards"]]
+    bank = build_bank(config, count_samples(shards), device)
     local_batch = config.global_batch_size // world
     loader_config = LoaderConfig(
         batch_size=local_batch,
@@ -287,8 +335,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         seed=config.seed + rank,
         num_threads=config.dali_threads,
         device="gpu" if device.type == "cuda" else "cpu",
+        with_index=bank is not None,
     )
-    shards = [Path(s) for s in loop_config["shards"]]
     stop_file = Path(loop_config["stop_file"])
     loader = ViewLoader(shards, config.recipes(), loader_config)
     steps_per_epoch = len(loader)
@@ -309,6 +357,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         optimizer,
         scheduler,
         model_description(config, encoder.backbone.feature_dim, loop_config),
+        bank=bank,
+    )
+    # Before the checkpoint restores the RNG, so that a resumed run draws what the original drew.
+    monitor = Monitor.create(
+        config, encoder.backbone.feature_dim, loop_config["num_classes"], device
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -320,10 +373,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             )
         if rank == 0:
             print(f"[pretrain] resumed from step {state.step}/{total_steps}", flush=True)
-    monitor = Monitor.create(
-        config, encoder.backbone.feature_dim, loop_config["num_classes"], device
-    )
-
     # Lines with ETA from rank 0 (a worker's output reaches the driver line by line).
     progress = None
     if rank == 0:
@@ -336,13 +385,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         epoch_start = ready = time.perf_counter()
         waited = 0.0
         # A loader restored mid-epoch yields the rest of that epoch; a fresh one a full epoch.
-        for views, labels in loader:
+        for views, labels, *indices in loader:
             fetched = time.perf_counter()
             waited += fetched - ready
             views = [v.to(device, non_blocking=True) for v in views]
             if device.type == "cuda":
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            result = train_step(model, views, config, optimizer, scheduler, state.step + 1)
+            loss_inputs = {"bank": bank, "indices": indices[0]} if bank is not None else None
+            result = train_step(
+                model, views, config, optimizer, scheduler, state.step + 1, loss_inputs
+            )
             state.step += 1
             step_seconds, wait_seconds = time.perf_counter() - ready, fetched - ready
             ready = time.perf_counter()

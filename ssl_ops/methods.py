@@ -72,6 +72,9 @@ class Method:
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     lr_scaling: str = "linear"
     lr_biases: float | None = None
+    # The objective keeps per-image state: the trainer holds a ``MemoryBank`` (one row per
+    # training image) and passes ``bank`` and the batch's dataset ``indices`` to the loss.
+    memory_bank: bool = False
 
     def loss(self, views: list[torch.Tensor], **overrides: Any) -> dict[str, torch.Tensor]:
         """Loss (key ``loss``) and its named terms for a list of projected views."""
@@ -167,6 +170,7 @@ METHODS: dict[str, Method] = {
         lr_scaling="none",
         weight_decay=1e-4,
         loss_kwargs={"temperature": 0.07, "num_negatives": 32000, "loss_weight": 0.5},
+        memory_bank=True,
     ),
 }
 

@@ -9,6 +9,7 @@ from sslpipe.pipelines.pretrain_worker import (
     Monitor,
     StepResult,
     TrainingStopped,
+    build_bank,
     build_encoder,
     learning_rate,
     train_step,
@@ -17,10 +18,23 @@ from sslpipe.pipelines.stages.pretrain import PretrainConfig
 from sslpipe.ssl_ops import METHODS
 from sslpipe.ssl_ops.optim import build_optimizer
 
-TRAINABLE = sorted(name for name, method in METHODS.items() if method.views != "pirl")
+
+def _views(config: PretrainConfig, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Random inputs shaped as the method's loader yields them (16 px images, 8 px patches)."""
+    views = []
+    for recipe in config.recipes():
+        if recipe.jigsaw is None:
+            views.append(torch.randn(batch, 3, 16, 16, generator=generator))
+            continue
+        cells = recipe.jigsaw.grid**2
+        views.append(torch.randn(batch, cells, 3, 8, 8, generator=generator))
+        views.append(
+            torch.stack([torch.randperm(cells, generator=generator) for _ in range(batch)])
+        )
+    return views
 
 
-@pytest.mark.parametrize("method", TRAINABLE)
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_one_step_of_every_method(method: str) -> None:
     config = PretrainConfig.model_validate(
         {
@@ -41,12 +55,18 @@ def test_one_step_of_every_method(method: str) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     before = [p.detach().clone() for p in encoder.parameters()]
     generator = torch.Generator().manual_seed(0)
-    views = [
-        torch.randn(128, 3, 16, 16, generator=generator) for _ in range(METHODS[method].num_views)
-    ]
-    result = train_step(encoder, views, config, optimizer, scheduler, step=1)
+    views = _views(config, 128, generator)
+    bank = build_bank(config, 1000, torch.device("cpu"))
+    loss_inputs = None
+    if bank is not None:
+        rows = bank.rows.clone()
+        loss_inputs = {"bank": bank, "indices": torch.randperm(1000, generator=generator)[:128]}
+    result = train_step(encoder, views, config, optimizer, scheduler, 1, loss_inputs)
     assert torch.isfinite(torch.tensor(result.values["loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+    if bank is not None:
+        updated = (bank.rows != rows).any(dim=1)
+        assert updated.sum() == 128 and updated[loss_inputs["indices"]].all()
 
 
 def _vicreg_config(**overrides) -> PretrainConfig:
