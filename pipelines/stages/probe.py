@@ -5,17 +5,24 @@ Features of the labelled train and evaluation splits are extracted once with the
 whole of a separately ingested labelled set named by ``test``. With ``random_init_baseline``
 the same probes run on a randomly initialised backbone of the same architecture.
 
+Extraction runs as ``num_workers`` Ray tasks (``ensure_ray``: in-process Ray or the cluster
+of ``RAY_ADDRESS``): each takes a contiguous share of every split's shards and reads it once
+for both backbones; the driver concatenates the shares in shard order, so the features, and
+the probes trained on them, do not depend on ``num_workers``.
+
 ``metrics.json`` holds ``top1`` (the linear probe's, the headline figure), ``top1_random_init``,
 and per probe kind its top-1/top-5 and per-class accuracy.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import ray
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -27,6 +34,7 @@ from sslpipe.datasets.recipes import ViewRecipe, apply_overrides, get_recipe
 
 from ..errors import UserError
 from ..model_io import build_described_backbone, load_backbone
+from ..ray_runtime import ensure_ray
 from .base import StageConfig, StageContext
 
 Features = tuple[torch.Tensor, torch.Tensor]
@@ -47,7 +55,11 @@ class ProbeConfig(StageConfig):
     knn_k: list[int] = Field([20, 200], min_length=1, description="neighbours (Wu et al. 2018)")
     knn_temperature: float = Field(0.07, gt=0)
     random_init_baseline: bool = True
-    dali_threads: int = Field(2, gt=0)
+    num_workers: int = Field(
+        1, gt=0, description="Ray tasks extracting features, each on a share of the shards"
+    )
+    use_gpu: bool = Field(False, description="one GPU per worker: DALI and the backbones on it")
+    dali_threads: int = Field(2, gt=0, description="DALI threads, and CPUs, per worker")
     seed: int = 0
 
 
@@ -59,22 +71,89 @@ def extract_features(
     *,
     batch_size: int,
     threads: int,
+    use_gpu: bool = False,
 ) -> list[Features]:
-    """Every sample of ``shards`` exactly once, decoded once: each backbone's features and the
-    labels."""
+    """Every sample of ``shards`` exactly once, in shard order, decoded once: each backbone's
+    features and the labels (on the CPU)."""
     loader = ViewLoader(
         shards,
         [recipe],
-        LoaderConfig(batch_size=batch_size, shuffle=False, drop_last=False, num_threads=threads),
+        LoaderConfig(
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_threads=threads,
+            device="gpu" if use_gpu else "cpu",
+        ),
     )
+    device = loader.device or torch.device("cpu")
+    backbones = [backbone.to(device) for backbone in backbones]
     features: list[list[torch.Tensor]] = [[] for _ in backbones]
     labels = []
     for (view,), label in loader:
         for collected, backbone in zip(features, backbones, strict=True):
-            collected.append(backbone(view.cpu()))
+            collected.append(backbone(view.to(device)).cpu())
         labels.append(label.cpu())
     all_labels = torch.cat(labels)
     return [(torch.cat(collected), all_labels) for collected in features]
+
+
+def shares(shards: list[Path], num_workers: int) -> list[list[Path]]:
+    """``shards`` cut into ``num_workers`` contiguous runs of near-equal length (some empty
+    when there are fewer shards than workers); concatenated they are ``shards`` again."""
+    size, extra = divmod(len(shards), num_workers)
+    bounds = [i * size + min(i, extra) for i in range(num_workers + 1)]
+    return [shards[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _extract_share(
+    backbones: list[nn.Module],
+    share: dict[str, list[Path]],
+    recipe: ViewRecipe,
+    config: ProbeConfig,
+) -> dict[str, list[Features]]:
+    """One Ray worker's part: the features of its share of every split."""
+    return {
+        name: extract_features(
+            backbones,
+            shards,
+            recipe,
+            batch_size=config.batch_size,
+            threads=config.dali_threads,
+            use_gpu=config.use_gpu,
+        )
+        for name, shards in share.items()
+        if shards
+    }
+
+
+def extract_splits(
+    backbones: list[nn.Module],
+    splits: dict[str, list[Path]],
+    recipe: ViewRecipe,
+    config: ProbeConfig,
+) -> dict[str, list[Features]]:
+    """Per split, each backbone's features of every sample, extracted by ``num_workers`` Ray
+    tasks on contiguous shard shares and concatenated in shard order."""
+    ensure_ray()
+    task = ray.remote(num_cpus=config.dali_threads, num_gpus=int(config.use_gpu))(_extract_share)
+    models = ray.put(backbones)
+    cut = {name: shares(shards, config.num_workers) for name, shards in splits.items()}
+    parts = ray.get(
+        [
+            task.remote(models, {name: cut[name][i] for name in splits}, recipe, config)
+            for i in range(config.num_workers)
+        ]
+    )
+    return {name: _concat([part[name] for part in parts if name in part]) for name in splits}
+
+
+def _concat(parts: list[list[Features]]) -> list[Features]:
+    """Per backbone, the workers' features and labels joined in worker order."""
+    return [
+        (torch.cat([part[b][0] for part in parts]), torch.cat([part[b][1] for part in parts]))
+        for b in range(len(parts[0]))
+    ]
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -145,26 +224,16 @@ PROBES: dict[str, Callable[[Features, Features, int, ProbeConfig], dict[str, Any
 }
 
 
-def _evaluate(
-    backbones: list[nn.Module],
-    splits: dict[str, list[Path]],
-    recipe: ViewRecipe,
-    num_classes: int,
-    config: ProbeConfig,
+def evaluate(
+    features: dict[str, list[Features]], num_classes: int, config: ProbeConfig
 ) -> list[dict[str, Any]]:
-    """Every probe kind for each backbone; the shards are read and decoded once for all."""
-    features = {
-        name: extract_features(
-            backbones, shards, recipe, batch_size=config.batch_size, threads=config.dali_threads
-        )
-        for name, shards in splits.items()
-    }
+    """Every probe kind for each backbone, from the ``train`` and ``test`` features."""
     return [
         {
             kind: PROBES[kind](features["train"][i], features["test"][i], num_classes, config)
             for kind in config.kinds
         }
-        for i in range(len(backbones))
+        for i in range(len(features["train"]))
     ]
 
 
@@ -206,7 +275,8 @@ def run(config: ProbeConfig, ctx: StageContext) -> dict[str, Any]:
     if config.random_init_baseline:
         torch.manual_seed(config.seed)
         backbones.append(build_described_backbone(description).eval())
-    results, *baseline = _evaluate(backbones, splits, recipe, num_classes, config)
+    features = extract_splits(backbones, splits, recipe, config)
+    results, *baseline = evaluate(features, num_classes, config)
     headline = _headline(results)
     metrics: dict[str, Any] = {"top1": headline["top1"], **results}
     if baseline:
