@@ -8,6 +8,8 @@ the key ``loss`` and the unweighted terms for logging. The learning rate is
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,32 +31,29 @@ Objective = Callable[..., dict[str, torch.Tensor]]
 def _pairwise(fn: Callable[..., Any]) -> Objective:
     """Adapter for objectives of two tensors ``fn(z1, z2, ..., return_terms=True)``."""
 
+    @functools.wraps(fn)
     def objective(views: list[torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         if len(views) != 2:
             raise ValueError(f"{fn.__name__}: takes exactly two views, got {len(views)}")
         loss, terms = fn(*views, return_terms=True, **kwargs)
         return {"loss": loss, **terms}
 
-    objective.__name__ = fn.__name__
     return objective
 
 
 def _multiview(fn: Callable[..., Any]) -> Objective:
     """Adapter for objectives of a list of views ``fn(views, ..., return_terms=True)``."""
 
+    @functools.wraps(fn)
     def objective(views: list[torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         loss, terms = fn(views, return_terms=True, **kwargs)
         return {"loss": loss, **terms}
 
-    objective.__name__ = fn.__name__
     return objective
 
 
-def _pirl(views: list[torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
-    """views = [f(v_I), g(v_{I^t})]; kwargs must hold ``indices`` and ``bank``."""
-    image, jigsaw = views
-    loss, terms = pirl_nce_loss(image, jigsaw, return_terms=True, **kwargs)
-    return {"loss": loss, **terms}
+# Keyword arguments the trainer passes itself; a spec's ``loss`` mapping cannot set them.
+_TRAINER_ARGUMENTS = {"return_terms", "indices", "bank", "generator", "update_bank"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,15 @@ class Method:
     def loss(self, views: list[torch.Tensor], **overrides: Any) -> dict[str, torch.Tensor]:
         """Loss (key ``loss``) and its named terms for a list of projected views."""
         return self.objective(views, **{**self.loss_kwargs, **overrides})
+
+    def loss_options(self) -> list[str]:
+        """Names a spec's ``loss`` mapping may set: the objective's keyword-only parameters."""
+        parameters = inspect.signature(inspect.unwrap(self.objective)).parameters.values()
+        return sorted(
+            p.name
+            for p in parameters
+            if p.kind is p.KEYWORD_ONLY and p.name not in _TRAINER_ARGUMENTS
+        )
 
 
 def _vicreg_family(name: str, fn: Callable[..., Any], **loss_kwargs: Any) -> Method:
@@ -162,7 +170,8 @@ METHODS: dict[str, Method] = {
     # 32000 negatives, λ = 0.5; pass ``indices`` and ``bank`` at call time.
     "pirl": Method(
         name="pirl",
-        objective=_pirl,
+        # views = [f(v_I), g(v_{I^t})]; the trainer passes ``indices`` and ``bank``.
+        objective=_pairwise(pirl_nce_loss),
         projector=(128,),
         views="pirl",
         optimizer="sgd",

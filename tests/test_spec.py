@@ -113,6 +113,14 @@ EXPECTED: list[tuple[str, str]] = [
         "10:5: stages[1].optimizer: 'lamb' is not allowed (allowed: lars, sgd, adam, adamw)",
     ),
     ("32_stages_not_list.yaml", "3:1: stages: Input should be a valid list"),
+    (
+        "33_loss_option_of_another_method.yaml",
+        "11:5: stages[1].loss: 'sim_coeff' is not an option of barlow_twins's loss (allowed: lambd)",
+    ),
+    (
+        "34_misspelled_loss_option.yaml",
+        "11:5: stages[1].loss: 'lamda' is not an option of barlow_twins's loss; did you mean 'lambd'? (allowed: lambd)",
+    ),
 ]
 
 

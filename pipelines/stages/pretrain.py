@@ -5,11 +5,12 @@ The driver side lives here; what each worker runs is in ``pipelines/pretrain_wor
 
 from __future__ import annotations
 
+import difflib
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sslpipe.datasets.ingest import read_manifest, split_shards
 from sslpipe.datasets.recipes import (
@@ -88,6 +89,23 @@ class PretrainConfig(StageConfig):
         description="model registry whose latest promoted backbone initialises the backbone "
         "(random init while it has none); not part of the fingerprint",
     )
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_options_exist(cls, loss: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "method" not in info.data:  # the method itself is invalid: reported on its own
+            return loss
+        method = info.data["method"]
+        allowed = get_method(method).loss_options()
+        for key in loss:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"{key!r} is not an option of {method}'s loss{hint} "
+                    f"(allowed: {', '.join(allowed)})"
+                )
+        return loss
 
     @model_validator(mode="after")
     def _views_are_valid(self) -> PretrainConfig:
