@@ -19,6 +19,7 @@ from sslpipe.pipelines.model_io import load_backbone
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
+QUICKSTART_EPOCHS, EPOCHS = 10, 5
 
 
 def _sslpipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -41,6 +42,9 @@ def _processes_mentioning(text: str) -> list[str]:
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     base = tmp_path_factory.mktemp("quickstart")
     spec_text = (REPO / "pipelines/examples/quickstart.yaml").read_text()
+    assert f"    epochs: {QUICKSTART_EPOCHS}\n" in spec_text
+    # The example as shipped, in a temporary workdir and with fewer epochs (test time).
+    spec_text = spec_text.replace(f"    epochs: {QUICKSTART_EPOCHS}\n", f"    epochs: {EPOCHS}\n")
     spec = base / "quickstart.yaml"
     spec.write_text(spec_text.replace("workdir: runs/quickstart", f"workdir: {base / 'runs'}"))
     ray_tmp = Path("/tmp") / f"sslpipe-ray-{os.getpid()}"
@@ -63,7 +67,7 @@ def test_every_stage_published_its_outputs_and_state(quickstart) -> None:
     manifest = json.loads((workdir / "ingest" / "manifest.json").read_text())
     assert manifest["num_samples"] == 6000 and manifest["num_classes"] == 10
     history = (workdir / "pretrain" / "history.jsonl").read_text().splitlines()
-    assert len(history) == 10 * (4800 // 128)
+    assert len(history) == EPOCHS * (4800 // 128)
     assert str(workdir / "probe" / "metrics.json") in output
     assert str(workdir / "export" / "model.onnx") in output
     assert not (workdir / ".staging").exists() or not any((workdir / ".staging").iterdir())
