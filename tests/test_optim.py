@@ -30,7 +30,7 @@ def test_lars_momentum_accumulates() -> None:
     for _ in range(2):
         p.grad = torch.ones(1)
         optimizer.step()
-    assert math.isclose(float(p), 1 - 1 - 1.9, rel_tol=1e-6)
+    assert math.isclose(p.item(), 1 - 1 - 1.9, rel_tol=1e-6)
 
 
 def test_warmup_then_cosine() -> None:
