@@ -54,20 +54,19 @@ def _with_bases(path: Path, chain: tuple[Path, ...]) -> YamlDocument:
         problem = doc.problem((EXTENDS_KEY,), "must be a file name or a list of file names")
         raise SpecError([problem])
     merged: YamlDocument | None = None
+    here = (*chain, path.resolve())
     for name in names:
         base_path = (path.parent / name).resolve()
-        if base_path in (*chain, path.resolve()):
-            cycle = " -> ".join(os.path.relpath(p) for p in (*chain, path.resolve(), base_path))
+        if base_path in here:
+            cycle = " -> ".join(os.path.relpath(p) for p in (*here, base_path))
             raise SpecError([doc.problem((EXTENDS_KEY,), f"extends forms a cycle: {cycle}")])
         if not base_path.is_file():
             message = f"no such file {name!r} next to {os.path.relpath(path)}"
             raise SpecError([doc.problem((EXTENDS_KEY,), message)])
-        base = _with_bases(Path(os.path.relpath(base_path)), (*chain, path.resolve()))
+        base = _with_bases(Path(os.path.relpath(base_path)), here)
         merged = base if merged is None else _merged(merged, base)
     assert merged is not None
-    result = _merged(merged, doc)
-    result.file = doc.file
-    return result
+    return _merged(merged, doc)
 
 
 def _merged(base: YamlDocument, top: YamlDocument) -> YamlDocument:
@@ -97,7 +96,6 @@ def _merge_node(
             else:
                 sub = (*base_path, key), (*top_path, key), (*out_path, key)
                 merged[key] = _merge_node(base, sub[0], top, sub[1], out, sub[2])
-                out.positions[(*out_path, key)] = top.positions[(*top_path, key)]
         return merged
     if _is_named_list(base_value) and _is_named_list(top_value):
         _copy_position(top, top_path, out, out_path)

@@ -36,7 +36,6 @@ from torch import nn
 
 from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
 from sslpipe.datasets.progress import Progress
-from sslpipe.datasets.shards import count_samples
 from sslpipe.ssl_ops import JigsawHead, MemoryBank, build_backbone, get_method, projector
 from sslpipe.ssl_ops.metrics import rankme
 from sslpipe.ssl_ops.optim import build_optimizer, warmup_cosine
@@ -326,7 +325,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         encoder.backbone.load_state_dict(load_file(loop_config["warm_start"], device=str(device)))
     model = ray.train.torch.prepare_model(encoder, move_to_device=False)
     shards = [Path(s) for s in loop_config["shards"]]
-    bank = build_bank(config, count_samples(shards), device)
+    bank = build_bank(config, loop_config["num_samples"], device)
     local_batch = config.global_batch_size // world
     loader_config = LoaderConfig(
         batch_size=local_batch,

@@ -14,6 +14,7 @@ never a partial one (POSIX rename; on NFS the same holds per client).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .run_store import now
+from .run_store import STATE_FILE, now
 
 LATEST = "latest"
 HISTORY = "history.jsonl"
@@ -117,14 +118,17 @@ class ModelRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         incoming = self.root / f".incoming-{os.getpid()}"
         shutil.rmtree(incoming, ignore_errors=True)
-        shutil.copytree(model_dir, incoming, ignore=shutil.ignore_patterns("state.json"))
+        shutil.copytree(model_dir, incoming, ignore=shutil.ignore_patterns(STATE_FILE))
         while True:
-            version = f"v{len(self.versions()) + 1:04d}"
+            newest = self.versions()[-1] if self.versions() else "v0000"
+            version = f"v{int(newest[1:]) + 1:04d}"
             record = {**asdict(decision), "version": version, "time": now()}
             (incoming / PROMOTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
             try:
-                os.rename(incoming, self.root / version)  # fails if another run took it
-            except OSError:
+                os.rename(incoming, self.root / version)
+            except OSError as error:  # another run published this version first: take the next
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
                 continue
             break
         self._point_latest_at(version)

@@ -54,11 +54,12 @@ class RunStore:
         }
         if not states:
             raise UserError(f"{self.workdir}: no stage has run here")
-        order = {
-            name: (state.get("started", ""), state.get("ended", ""), name)
-            for name, state in states.items()
-        }
-        return {name: states[name] for name in sorted(states, key=order.__getitem__)}
+        return dict(
+            sorted(
+                states.items(),
+                key=lambda item: (item[1].get("started", ""), item[1].get("ended", ""), item[0]),
+            )
+        )
 
     def begin(self, name: str) -> Path:
         """An empty staging folder for the stage's outputs."""

@@ -48,40 +48,56 @@ def run_pipeline(
     store.lock()
     try:
         with handle_stop_signals():
+            # Once per run: an ingest stage's fingerprint reads its whole source.
+            fingerprints = stage_fingerprints(spec)
             if if_changed:
-                changes = {s.name: why for s, _, why in plan(spec, store, force) if why}
+                planned = plan(spec, store, force, fingerprints)
+                changes = {s.name: why for s, _, why in planned if why}
                 store.record_check(spec.name, changes)
                 if not changes:
                     print(f"{spec.name}: nothing changed since the last successful run")
                     return
-            _run_stages(spec, store, set(force))
+            _run_stages(spec, store, set(force), fingerprints)
     finally:
         shutdown_ray()
         store.unlock()
     _print_summary(spec, store)
 
 
+def stage_fingerprints(spec: PipelineSpec) -> dict[str, str]:
+    """Every stage's fingerprint, computed in execution order (upstream ones first)."""
+    fingerprints: dict[str, str] = {}
+    for stage in execution_order(spec):
+        upstream = {ref: fingerprints[ref] for ref in stage.upstream().values()}
+        fingerprints[stage.name] = fingerprint(stage, upstream)
+    return fingerprints
+
+
 def plan(
-    spec: PipelineSpec, store: RunStore, force: set[str] | tuple[str, ...] = ()
+    spec: PipelineSpec,
+    store: RunStore,
+    force: set[str] | tuple[str, ...] = (),
+    fingerprints: dict[str, str] | None = None,
 ) -> Iterator[tuple[StageConfig, str, str | None]]:
     """``(stage, fingerprint, why it runs or None)`` in execution order.
 
     Lazy: a caller that runs each stage before asking for the next sees the store as it is
     then; a stage planned to run makes every stage downstream of it run too.
     """
-    fingerprints: dict[str, str] = {}
+    fingerprints = fingerprints or stage_fingerprints(spec)
     rerun: set[str] = set()
     for stage in execution_order(spec):
-        upstream = {ref: fingerprints[ref] for ref in stage.upstream().values()}
-        fp = fingerprints[stage.name] = fingerprint(stage, upstream)
+        fp = fingerprints[stage.name]
         reason = _why_run(stage, store.state(stage.name), fp, set(force), rerun)
         if reason is not None:
             rerun.add(stage.name)
         yield stage, fp, reason
 
 
-def _run_stages(spec: PipelineSpec, store: RunStore, force: set[str]) -> None:
-    for stage, fp, reason in plan(spec, store, force):
+def _run_stages(
+    spec: PipelineSpec, store: RunStore, force: set[str], fingerprints: dict[str, str]
+) -> None:
+    for stage, fp, reason in plan(spec, store, force, fingerprints):
         if reason is None:
             print(f"[{stage.name}] up to date, skipped")
             continue

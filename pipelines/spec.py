@@ -6,7 +6,6 @@ model's field defaults and descriptions are the one place where defaults are doc
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .compose import compose
-from .errors import Problem, SpecError
+from .errors import Problem, SpecError, did_you_mean
 from .stages import STAGE_TYPES, StageConfig
 from .yaml_source import KeyPath, YamlDocument
 
@@ -96,10 +95,9 @@ def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
     if kind == "extra_forbidden":
         key = str(path[-1])
         allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(key, allowed)
         message = f"unknown key {key!r}{hint}"
-        if not close and allowed:
+        if not hint and allowed:
             message += f" (allowed keys: {', '.join(sorted(allowed))})"
         return doc.problem(path, message)
     if kind == "missing":
@@ -115,9 +113,7 @@ def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
 
 
 def _not_allowed(value: Any, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{value!r} is not allowed{hint} (allowed: {', '.join(allowed)})"
+    return f"{value!r} is not allowed{did_you_mean(value, allowed)} (allowed: {', '.join(allowed)})"
 
 
 def graph_problems(doc: YamlDocument) -> list[Problem]:
@@ -145,8 +141,7 @@ def graph_problems(doc: YamlDocument) -> list[Problem]:
                 continue
             where = ("stages", index, field)
             if ref not in types_by_name:
-                known = difflib.get_close_matches(str(ref), list(types_by_name), n=1)
-                hint = f"; did you mean {known[0]!r}?" if known else ""
+                hint = did_you_mean(ref, types_by_name)
                 problems.append(doc.problem(where, f"no stage named {ref!r}{hint}"))
             elif types_by_name[ref] != wanted:
                 message = f"stage {ref!r} has type {types_by_name[ref]}, expected a {wanted} stage"

@@ -52,8 +52,8 @@ def _multiview(fn: Callable[..., Any]) -> Objective:
     return objective
 
 
-# Keyword arguments the trainer passes itself; a spec's ``loss`` mapping cannot set them.
-_TRAINER_ARGUMENTS = {"return_terms", "indices", "bank", "generator", "update_bank"}
+# Keyword-only parameters that are not settable from a spec's ``loss`` mapping.
+_NOT_SPEC_OPTIONS = {"return_terms", "generator", "update_bank"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Method:
         return sorted(
             p.name
             for p in parameters
-            if p.kind is p.KEYWORD_ONLY and p.name not in _TRAINER_ARGUMENTS
+            if p.kind is p.KEYWORD_ONLY and p.name not in _NOT_SPEC_OPTIONS
         )
 
 

@@ -5,7 +5,6 @@ The driver side lives here; what each worker runs is in ``pipelines/pretrain_wor
 
 from __future__ import annotations
 
-import difflib
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,7 +22,7 @@ from sslpipe.datasets.recipes import (
 from sslpipe.ssl_ops import BACKBONES, METHODS, get_method
 from sslpipe.ssl_ops.optim import OPTIMIZERS
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..interrupt import stop_hook, stop_requested
 from ..plugins import add_plugins
 from ..ray_runtime import ensure_ray
@@ -99,10 +98,8 @@ class PretrainConfig(StageConfig):
         allowed = get_method(method).loss_options()
         for key in loss:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
-                    f"{key!r} is not an option of {method}'s loss{hint} "
+                    f"{key!r} is not an option of {method}'s loss{did_you_mean(key, allowed)} "
                     f"(allowed: {', '.join(allowed)})"
                 )
         return loss
@@ -161,6 +158,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
+            "num_samples": manifest["splits"]["train"]["num_samples"],
             "num_classes": manifest["num_classes"],
             "data_fingerprint": manifest["source_fingerprint"],
             "warm_start": warm_start,
