@@ -25,9 +25,9 @@ pytestmark = pytest.mark.slow
 class Run:
     """``sslpipe run`` in its own process group, its output collected in a file."""
 
-    def __init__(self, workdir: Path, log: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, log: Path) -> None:
         self.log = log
-        command = [sys.executable, "-m", "sslpipe.pipelines.cli", "run", str(TINY), *args]
+        command = [sys.executable, "-m", "sslpipe.pipelines.cli", "run", str(TINY)]
         env = {**os.environ, "TINY_WORKDIR": str(workdir), "PYTHONUNBUFFERED": "1"}
         with open(log, "w") as out:
             self.process = subprocess.Popen(

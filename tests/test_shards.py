@@ -63,7 +63,7 @@ def test_dali_index_offsets_point_at_the_members(tmp_path: Path) -> None:
                 assert len(payload) == 4 and np.frombuffer(payload, "<i4")[0] in range(10)
             else:
                 assert ext == "index" and len(payload) == 8, name
-                indices.append(int(np.frombuffer(payload, "<i8")[0]))
+                indices.append(decode_index(payload))
     assert indices == list(range(30))
 
 
