@@ -1,73 +1,243 @@
-"""Loader benchmark on ImageNet-size JPEGs: DALI vs torch backend vs the decode-only floor.
+"""Loader benchmark on ImageNet-size JPEGs: a plain webdataset loader, our two backends and
+their decode-only floors, in one run.
 
     .venv/bin/python benchmarks/bench_loader.py [--images 2000] [--seconds 20] [--json]
+    # the GPU sweep: every combination of the listed settings, DALI on the GPU
+    .venv/bin/python benchmarks/bench_loader.py --device gpu --recipes vicreg,pirl,multicrop \\
+        --threads 4,8,12 --decode once,per_view --hw-decoder-load 0.65,0.9 --prefetch 2,3
 
-Builds shards of ~500×375 JPEGs (``imagenet_like``) in a temporary folder, then measures each
-configuration with ``sslpipe.datasets.loader_bench.measure`` (the code behind
-``sslpipe bench-loader``). Threads/workers = the machine's cores for every backend.
+Builds shards of ~500×375 JPEGs (``imagenet_like``, needs the ``bench`` extra) in a temporary
+folder, then times each row with ``sslpipe.datasets.loader_bench.time_batches`` (the code behind
+``sslpipe bench-loader``): the first ``WARMUP_BATCHES`` batches of every loader are not
+counted (start-up, shuffle buffers, what the loader queued meanwhile).
+
+On the CPU (the default) the rows are: ``plain``, VICReg's augmentations as people write them
+with webdataset + torchvision v2 + PIL blur and a DataLoader (``plain_vicreg_batches``; only
+for ``vicreg``); our ``torch`` backend; ``dali`` on the CPU with each decode mode; and the
+decode-only floors. Threads / worker processes are ``--threads`` for every loader.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
+import itertools
 import json
 import os
+import platform
+import random
+import statistics
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch
+import webdataset as wds
 from imagenet_like import write_image_folder
+from PIL import ImageFilter, ImageOps
+from torchvision.transforms import v2
 
-from sslpipe.datasets.dali_views import gpu_available
 from sslpipe.datasets.ingest import ingest, split_shards
-from sslpipe.datasets.loader_bench import measure
+from sslpipe.datasets.loader_bench import batches, describe, time_batches
+from sslpipe.datasets.loaders import LoaderConfig
+from sslpipe.datasets.recipes import apply_overrides, get_recipe
+from sslpipe.datasets.shards import LABEL_EXT, decode_label
 from sslpipe.datasets.sources import ImageFolderSource
+
+
+class GaussianBlur:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img):
+        if random.random() < self.p:
+            return img.filter(ImageFilter.GaussianBlur(random.uniform(0.1, 2.0)))
+        return img
+
+
+class Solarization:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img):
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+def vicreg_view(blur_p: float, solarize_p: float) -> v2.Compose:
+    """facebookresearch/vicreg augmentations.py TrainTransform, in torchvision v2."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(224, interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomApply(
+                [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+            ),
+            v2.RandomGrayscale(p=0.2),
+            GaussianBlur(blur_p),
+            Solarization(solarize_p),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+
+
+class TwoViews:
+    def __init__(self) -> None:
+        self.first, self.second = vicreg_view(1.0, 0.0), vicreg_view(0.1, 0.2)
+
+    def __call__(self, image):
+        return self.first(image), self.second(image)
+
+
+def plain_vicreg_batches(shards: list[Path], batch_size: int, workers: int) -> Iterator[int]:
+    """The plain loader: webdataset's default decoders, a 1000-sample shuffle buffer."""
+    dataset = (
+        wds.WebDataset([str(s) for s in shards], shardshuffle=len(shards), empty_check=False)
+        .shuffle(1000)
+        .decode("pil")
+        .to_tuple("jpg", LABEL_EXT)
+        .map_tuple(TwoViews(), decode_label)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    while True:
+        for _, labels in loader:
+            yield len(labels)
+
+
+# Where the time goes in the DALI graph: the vicreg views with later steps switched off.
+NO_COLOUR = {"jitter_p": 0, "grayscale_p": 0, "blur_p": 0, "solarize_p": 0, "flip_p": 0}
+BREAKDOWN = {
+    "crop + resize only": NO_COLOUR,
+    "+ colour jitter, grayscale": {"blur_p": 0, "solarize_p": 0, "flip_p": 0},
+    "+ blur": {"solarize_p": 0, "flip_p": 0},
+    "bilinear, not bicubic": {"interpolation": "bilinear"},
+}
+
+
+@dataclass
+class Row:
+    """One loader of the run: what it is, how to start its stream of batch sizes, and what
+    each round measured."""
+
+    info: dict[str, Any]
+    start: Callable[[], Iterator[int]]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def measure(self, seconds: float) -> None:
+        """One round: a fresh loader, timed after warm-up, then stopped (its worker processes
+        and threads end, so that they use no CPU while the next row is measured)."""
+        stream = self.start()
+        self.rounds.append(time_batches(stream, seconds=seconds))
+        stream.close()
+        del stream
+        gc.collect()
+
+
+def _list(kind):
+    return lambda text: [kind(x) for x in text.split(",")]
+
+
+def _rows(args: argparse.Namespace, shards: list[Path]) -> list[Row]:
+    rows = []
+    cpu = args.device == "cpu"
+    for recipe, threads in itertools.product(args.recipes, args.threads):
+        base = LoaderConfig(batch_size=args.batch_size, num_threads=threads, device=args.device)
+        recipes = get_recipe(recipe)
+        if cpu and recipe == "vicreg":
+            info = {"backend": "plain", "device": "cpu", "num_threads": threads, "views": 2}
+            start = partial(plain_vicreg_batches, shards, args.batch_size, threads)
+            rows.append(Row({**info, "recipe": recipe}, start))
+        if cpu:
+            info = describe(base, backend="torch", views=len(recipes))
+            start = partial(batches, shards, recipes, base, backend="torch")
+            rows.append(Row({**info, "recipe": recipe}, start))
+        for decode, prefetch, hw_load in itertools.product(
+            args.decode, args.prefetch, args.hw_decoder_load
+        ):
+            config = dataclasses.replace(
+                base, decode=decode, prefetch=prefetch, hw_decoder_load=hw_load
+            )
+            info = describe(config, backend="dali", views=len(recipes))
+            rows.append(Row({**info, "recipe": recipe}, partial(batches, shards, recipes, config)))
+    if args.breakdown:
+        config = LoaderConfig(batch_size=args.batch_size, num_threads=args.threads[0],
+                              device=args.device, decode="once")  # fmt: skip
+        for stage, overrides in BREAKDOWN.items():
+            recipes = apply_overrides(get_recipe("vicreg"), overrides)
+            info = {**describe(config, backend="dali", views=2), "recipe": f"vicreg, {stage}"}
+            rows.append(Row(info, partial(batches, shards, recipes, config)))
+    config = LoaderConfig(batch_size=args.batch_size, num_threads=args.threads[0],
+                          device=args.device)  # fmt: skip
+    for backend in ("dali", "torch") if cpu else ("dali",):
+        info = {**describe(config, backend=backend, views=None, decode_only=True),
+                "recipe": "decode only"}  # fmt: skip
+        start = partial(batches, shards, [], config, backend=backend, decode_only=True)
+        rows.append(Row(info, start))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rows measured in turn, N times")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--recipe", default="vicreg")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--recipes", type=_list(str), default=["vicreg"])
+    parser.add_argument("--threads", type=_list(int), default=[2])
+    parser.add_argument("--decode", type=_list(str), default=["once", "per_view"])
+    parser.add_argument("--prefetch", type=_list(int), default=[LoaderConfig(1).prefetch])
+    parser.add_argument(
+        "--hw-decoder-load", type=_list(float), default=[LoaderConfig(1).hw_decoder_load]
+    )
+    parser.add_argument("--breakdown", action="store_true", help="DALI rows per graph step")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args()
-    threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_image_folder(Path(tmp) / "images", args.images)
         ingest(ImageFolderSource(folder), Path(tmp) / "shards", shard_size=250, val_fraction=0)
-        shards = split_shards(Path(tmp) / "shards", "train")
-        runs = [
-            ("dali", "cpu", False),
-            ("dali", "cpu", True),
-            ("torch", "cpu", False),
-            ("torch", "cpu", True),
-        ]
-        if gpu_available():
-            runs += [("dali", "gpu", False), ("dali", "gpu", True)]
-        results = []
-        for backend, device, decode_only in runs:
-            result = measure(
-                shards,
-                backend=backend,
-                recipe=args.recipe,
-                batch_size=args.batch_size,
-                seconds=args.seconds,
-                threads=threads,
-                device=device,
-                decode_only=decode_only,
-            )
-            results.append(result)
-            print(json.dumps(result) if args.json else _row(result), flush=True)
+        rows = _rows(args, split_shards(Path(tmp) / "shards", "train"))
+        # In turn, so that a change in the machine's load falls on every row alike.
+        for _ in range(args.rounds):
+            for row in rows:
+                row.measure(args.seconds)
+        for row in rows:
+            _report(row, args.json)
 
 
-def _row(result: dict) -> str:
-    what = "decode only" if result["mode"] == "decode_only" else result["recipe"]
-    return (
-        f"{result['backend']:>5}-{result['device']}  {what:<12} "
-        f"{result['images_per_s']:8.1f} images/s"
+def _report(row: Row, as_json: bool) -> None:
+    rates = sorted(r["images_per_s"] for r in row.rounds)
+    result = {
+        **row.info,
+        "images_per_s": statistics.median(rates),
+        "images_per_s_rounds": [r["images_per_s"] for r in row.rounds],
+        "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in row.rounds),
+        "first_batch_s": row.rounds[0]["first_batch_s"],
+        "load_1min": [r["load_1min"] for r in row.rounds],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.node()}",
+    }
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    settings = f"threads {result['num_threads']}"
+    if result["backend"] == "dali" and result.get("mode") == "views":
+        settings += f", decode {result['decode']}, prefetch {result['prefetch']}"
+        if "hw_decoder_load" in result:
+            settings += f", hw load {result['hw_decoder_load']}"
+    print(
+        f"{result['backend']:>5}-{result['device']}  {result['recipe']:<36} {settings:<38} "
+        f"{result['images_per_s']:8.1f} images/s {result['cpu_ms_per_image']:6.2f} CPU ms/image "
+        f"(rounds {rates}, first batch "
+        f"{result['first_batch_s']} s, load {result['load_1min']})",
+        flush=True,
     )
 
 

@@ -1,16 +1,30 @@
-"""DALI multi-view augmentation: one graph for GPU and CPU, built from view recipes.
+"""The ``dali`` backend: one DALI graph for GPU and CPU, built from view recipes.
 
-Each view decodes the encoded image on its own (``fn.decoders.image_random_crop`` decodes only
-the random-resized-crop region), so the views are independent draws. On a machine with a GPU
-the decode is ``mixed`` (nvJPEG) and every later op runs on the GPU because its input lives
+Reader: ``fn.readers.webdataset`` over the shards and their ``.idx`` files; each rank reads a
+contiguous ``1/num_shards`` of the samples. With ``shuffle`` the shards are put in a new order
+every epoch, the same on every rank (``shuffle_after_epoch``, seeded by the run's seed: the
+ranks' slices stay disjoint and change from epoch to epoch), and a ``shuffle_buffer``-sample
+buffer shuffles within each rank's stream with the rank's own seed.
+
+Decoding: ``decode="once"`` decodes each image once and cuts every view from it
+(``fn.random_resized_crop``), as NVIDIA's ResNet-50 example and solo-learn do;
+``"per_view"`` decodes only each view's crop region (``fn.decoders.image_random_crop``).
+On a machine with a GPU the decode is ``mixed`` (nvJPEG, with the hardware decoder share and
+buffer hints of ``LoaderConfig``) and every later op runs on the GPU because its input lives
 there; without one the same graph runs on the CPU. Random ops take no per-op seed: they draw
-from the pipeline seed, so two views of one image differ and two ranks differ.
+from the pipeline seed (``loaders.rank_seed``), so two views of one image differ and two ranks
+differ.
+
+Colour jitter follows torchvision's ``ColorJitter`` factors in a fixed order (brightness,
+contrast, saturation, hue; torchvision draws a random order per image): ``fn.color_twist``
+centres contrast on mid-grey (128), so a per-image shift b·(1 − c)·(m − 128), with m the
+image's mean grey level, moves the centre to the mean as torchvision does. Grayscale is
+saturation 0 in the same op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +33,14 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from .loaders import DECODE_DEFAULT, LoaderConfig, rank_seed, use_gpu
 from .recipes import ViewRecipe
-from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, index_path
+from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, LEGACY_EXTS, index_path
 
 READER_NAME = "reader"
-
-
-def gpu_available() -> bool:
-    return torch.cuda.is_available()
+BACKEND = "dali"
+_INTERPOLATION = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
+_GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
 def _coin(p: float, dtype: types.DALIDataType = types.BOOL):
@@ -34,21 +48,55 @@ def _coin(p: float, dtype: types.DALIDataType = types.BOOL):
 
 
 def _uniform(low: float, high: float):
-    return fn.random.uniform(range=[low, high])
+    """A per-sample uniform draw, or ``low`` itself for an empty range."""
+    return fn.random.uniform(range=[low, high]) if high > low else low
 
 
-def _augment(images, recipe: ViewRecipe):
-    """Colour jitter, grayscale, blur and solarization, each applied with its probability."""
-    if recipe.jitter_p >= 1 or (recipe.jitter_p > 0 and _coin(recipe.jitter_p)):
-        images = fn.color_twist(
+def _factor(strength: float):
+    """torchvision's jitter factor: uniform in [max(0, 1 − x), 1 + x]."""
+    return _uniform(max(0.0, 1 - strength), 1 + strength)
+
+
+def _grey_mean(images):
+    """Per image, the mean of 0.299 R + 0.587 G + 0.114 B (same device as ``images``)."""
+    channels = fn.reductions.mean(images, axes=[0, 1])
+    return channels[0] * _GREY[0] + channels[1] * _GREY[1] + channels[2] * _GREY[2]
+
+
+def _colour(images, recipe: ViewRecipe, on_gpu: bool):
+    """Colour jitter (with probability ``jitter_p``) then grayscale (``grayscale_p``).
+
+    ``fn.color_twist`` makes b·c·T(x) + b·(1 − c)·128 (T: hue rotation and saturation
+    scaling about the grey axis, saturation 0 = grayscale); adding b·(1 − c)·(m − 128) gives
+    torchvision's brightness-then-contrast-about-the-mean, b·(m + c·(x − m)), before T."""
+    jitter = recipe.jitter_p >= 1 or (recipe.jitter_p > 0 and _coin(recipe.jitter_p))
+    grey = _coin(recipe.grayscale_p) if recipe.grayscale_p > 0 else None
+    if jitter:
+        brightness, contrast = _factor(recipe.brightness), _factor(recipe.contrast)
+        saturation = _factor(recipe.saturation)
+        if grey is not None:
+            saturation = saturation * (1.0 - fn.cast(grey, dtype=types.FLOAT))
+        shift = brightness * (1.0 - contrast)
+        mean = _grey_mean(images)
+        twisted = fn.color_twist(
             images,
-            brightness=_uniform(1 - recipe.brightness, 1 + recipe.brightness),
-            contrast=_uniform(1 - recipe.contrast, 1 + recipe.contrast),
-            saturation=_uniform(1 - recipe.saturation, 1 + recipe.saturation),
+            brightness=brightness,
+            contrast=contrast,
+            saturation=saturation,
             hue=_uniform(-recipe.hue * 360.0, recipe.hue * 360.0),  # DALI hue is in degrees
+            dtype=types.FLOAT,
         )
-    if recipe.grayscale_p > 0 and _coin(recipe.grayscale_p):
+        if on_gpu:
+            shift = shift.gpu()
+        images = fn.cast(twisted + shift * (mean - 128.0), dtype=types.UINT8)
+    elif grey is not None and grey:
         images = fn.hsv(images, saturation=0.0)
+    return images
+
+
+def _augment(images, recipe: ViewRecipe, on_gpu: bool):
+    """Colour jitter and grayscale, blur and solarization, each with its probability."""
+    images = _colour(images, recipe, on_gpu)
     if recipe.blur_p >= 1 or (recipe.blur_p > 0 and _coin(recipe.blur_p)):
         # No window_size: DALI sizes each sample's window from its σ (2·⌈3σ⌉+1), exact to
         # 3σ and 2-3× faster on the CPU than BYOL's fixed 10%-of-the-side window.
@@ -59,27 +107,70 @@ def _augment(images, recipe: ViewRecipe):
     return images
 
 
-def _crop(encoded, recipe: ViewRecipe, decode_device: str):
-    """Decoded ``size``×``size`` uint8 HWC image: random resized crop, or resize + centre crop."""
+class _Decoder:
+    """Decoding on the pipeline's device, with NVIDIA's nvJPEG hints on the GPU."""
+
+    def __init__(self, config: LoaderConfig, on_gpu: bool) -> None:
+        self.device = "mixed" if on_gpu else "cpu"
+        self.hints: dict[str, Any] = {}
+        if on_gpu:
+            self.hints = {
+                "hw_decoder_load": config.hw_decoder_load,
+                "device_memory_padding": config.device_memory_padding,
+                "host_memory_padding": config.host_memory_padding,
+                "preallocate_width_hint": config.preallocate_width_hint,
+                "preallocate_height_hint": config.preallocate_height_hint,
+            }
+
+    def full(self, encoded):
+        return fn.decoders.image(encoded, device=self.device, output_type=types.RGB, **self.hints)
+
+    def random_crop(self, encoded, recipe: ViewRecipe):
+        assert recipe.crop_scale is not None
+        return fn.decoders.image_random_crop(
+            encoded,
+            device=self.device,
+            output_type=types.RGB,
+            random_area=list(recipe.crop_scale),
+            random_aspect_ratio=list(recipe.crop_ratio),
+            num_attempts=10,
+            **self.hints,
+        )
+
+
+def _crop(encoded, decoded, recipe: ViewRecipe, decoder: _Decoder):
+    """The view's ``size``×``size`` uint8 HWC image: random resized crop, or resize + centre
+    crop; cut from ``decoded`` (the whole image, decode once) or, when it is None, from its
+    own decode of the crop region."""
+    interpolation = _INTERPOLATION[recipe.interpolation]
     if recipe.crop_scale is None:
-        images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+        images = decoder.full(encoded) if decoded is None else decoded
         shorter = round(recipe.size / recipe.center_crop_fraction)
-        images = fn.resize(images, resize_shorter=shorter, antialias=True)
+        images = fn.resize(
+            images, resize_shorter=shorter, interp_type=interpolation, antialias=True
+        )
         return fn.crop(images, crop=(recipe.size, recipe.size))
-    images = fn.decoders.image_random_crop(
-        encoded,
-        device=decode_device,
-        output_type=types.RGB,
+    if decoded is None:
+        return fn.resize(
+            decoder.random_crop(encoded, recipe),
+            size=(recipe.size, recipe.size),
+            interp_type=interpolation,
+            antialias=True,
+        )
+    return fn.random_resized_crop(
+        decoded,
+        size=(recipe.size, recipe.size),
         random_area=list(recipe.crop_scale),
         random_aspect_ratio=list(recipe.crop_ratio),
         num_attempts=10,
+        interp_type=interpolation,
+        antialias=True,
     )
-    return fn.resize(images, size=(recipe.size, recipe.size), antialias=True)
 
 
-def _finish(images, recipe: ViewRecipe):
+def _finish(images, recipe: ViewRecipe, on_gpu: bool):
     """Colour augmentations, random flip, then float CHW normalised by the recipe's stats."""
-    images = _augment(images, recipe)
+    images = _augment(images, recipe, on_gpu)
     mirror = _coin(recipe.flip_p, types.INT32) if recipe.flip_p > 0 else 0
     return fn.crop_mirror_normalize(
         images,
@@ -91,7 +182,7 @@ def _finish(images, recipe: ViewRecipe):
     )
 
 
-def _jigsaw(images, recipe: ViewRecipe):
+def _jigsaw(images, recipe: ViewRecipe, on_gpu: bool):
     """``(patches G²×3×p×p, order G²)`` where patch j is cut from grid cell ``order[j]``.
 
     The permutation is the ranking of G² uniform keys (rank_j = #{k : key_k < key_j}), which
@@ -120,32 +211,31 @@ def _jigsaw(images, recipe: ViewRecipe):
             crop_pos_x=fn.cast(x, dtype=types.FLOAT) / travel,
             crop_pos_y=fn.cast(y, dtype=types.FLOAT) / travel,
         )
-        patches.append(_finish(patch, recipe))
+        patches.append(_finish(patch, recipe, on_gpu))
     return fn.stack(*patches), order
 
 
-def _view(encoded, recipe: ViewRecipe, decode_device: str) -> list:
-    """The outputs of one view: ``[images]``, or ``[patches, order]`` for a jigsaw view."""
-    images = _crop(encoded, recipe, decode_device)
-    if recipe.jigsaw is not None:
-        return list(_jigsaw(images, recipe))
-    return [_finish(images, recipe)]
+def _extensions(ext: str) -> str:
+    """A member extension and the name shards had for it before (DALI: ';' = either)."""
+    return f"{ext};{LEGACY_EXTS[ext]}"
 
 
-def _reader(
-    shards: Sequence[str], shard_id: int, num_shards: int, shuffle: bool, with_index: bool = False
-):
-    """``(encoded, labels)``, and the samples' split indices when ``with_index``."""
+def _reader(shards: Sequence[str], config: LoaderConfig):
+    """``(encoded, labels)``, and the samples' split indices when ``config.with_index``."""
+    index = [_extensions(INDEX_EXT)] if config.with_index else []
     return fn.readers.webdataset(
         paths=list(shards),
         index_paths=[str(index_path(Path(s))) for s in shards],
-        ext=[";".join(IMAGE_EXTS), LABEL_EXT, *([INDEX_EXT] if with_index else [])],
-        dtypes=[types.UINT8, types.INT32, *([types.INT64] if with_index else [])],
+        ext=[";".join(IMAGE_EXTS), _extensions(LABEL_EXT), *index],
+        dtypes=[types.UINT8, types.INT32, *([types.INT64] if config.with_index else [])],
         missing_component_behavior="error",
-        shard_id=shard_id,
-        num_shards=num_shards,
-        random_shuffle=shuffle,
-        initial_fill=1024,
+        shard_id=config.shard_id,
+        num_shards=config.num_shards,
+        random_shuffle=config.shuffle,
+        initial_fill=config.shuffle_buffer,
+        shuffle_after_epoch=config.shuffle,
+        **({"shuffle_after_epoch_seed": config.seed} if config.shuffle else {}),
+        dont_use_mmap=not config.memory_map,
         pad_last_batch=True,
         name=READER_NAME,
     )
@@ -155,59 +245,48 @@ def _reader(
 def _views_pipeline(
     shards: Sequence[str],
     recipes: Sequence[ViewRecipe],
-    shard_id: int,
-    num_shards: int,
-    shuffle: bool,
-    decode_device: str,
-    with_index: bool,
+    config: LoaderConfig,
+    on_gpu: bool,
+    decode_once: bool,
 ):
-    encoded, *annotations = _reader(shards, shard_id, num_shards, shuffle, with_index)
-    outputs = [out for recipe in recipes for out in _view(encoded, recipe, decode_device)]
+    encoded, *annotations = _reader(shards, config)
+    decoder = _Decoder(config, on_gpu)
+    decoded = decoder.full(encoded) if decode_once else None
+    outputs = []
+    for recipe in recipes:
+        images = _crop(encoded, decoded, recipe, decoder)
+        if recipe.jigsaw is None:
+            outputs.append(_finish(images, recipe, on_gpu))
+        else:
+            outputs += _jigsaw(images, recipe, on_gpu)
     return (*outputs, *annotations)
 
 
 @pipeline_def
-def decode_pipeline(shards: Sequence[str], decode_device: str):
+def decode_pipeline(shards: Sequence[str], config: LoaderConfig, on_gpu: bool):
     """Read + decode only, full size: the floor a view pipeline is measured against."""
-    encoded, labels = _reader(shards, 0, 1, shuffle=False)
-    return fn.decoders.image(encoded, device=decode_device, output_type=types.RGB), labels
+    encoded, labels = _reader(shards, config)
+    return _Decoder(config, on_gpu).full(encoded), labels
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    batch_size: int
-    shard_id: int = 0
-    num_shards: int = 1
-    seed: int = 0
-    num_threads: int = 2
-    shuffle: bool = True
-    drop_last: bool = True
-    device: str = "auto"  # "auto" | "cpu" | "gpu"
-    with_index: bool = False  # also yield each sample's split index (``KEY.index``)
+def decode_once(config: LoaderConfig, on_gpu: bool) -> bool:
+    """Whether the graph decodes each image once (``config.decode``, or the device default)."""
+    mode = config.decode
+    if mode == "auto":
+        mode = DECODE_DEFAULT["gpu" if on_gpu else "cpu"]
+    return mode == "once"
 
 
-class ViewLoader:
-    """One rank's DALI loader; each ``iter()`` is one epoch of ``(views, labels)`` batches.
+class DaliViewLoader:
+    """One rank's DALI loader (``loaders.ViewLoader``); each ``iter()`` is one epoch.
 
-    Batch structure: ``labels`` is an int64 tensor (N,) (−1 = unlabelled) and ``views`` holds,
-    for each recipe in order, one float32 tensor N×3×S×S (normalised, S = the recipe's size),
-    except a jigsaw recipe (PIRL), which contributes two entries: the patches N×G²×3×P×P and
-    their order N×G² (int64; ``order[n, j]`` = grid cell, row-major, that patch j was cut from,
-    the convention of ``ssl_ops.JigsawHead``). So ``pirl`` yields
-    ``[image N×3×224×224, patches N×9×3×64×64, order N×9]``. With ``config.with_index``
-    a batch is ``(views, labels, indices)``: ``indices`` (int64, N) are the samples' positions
-    in their split as written at ingest (``shards.INDEX_EXT``), stable across epochs, ranks
-    and shuffles.
+    With ``drop_last`` every rank yields the same number of full batches (DALI pads each
+    rank's slice to the same length, the iterator drops the remainder); without it the last
+    batch is partial and every sample of the slice is seen exactly once.
 
-    With ``drop_last`` every rank yields the same number of batches (DALI pads each slice to
-    the same length, the iterator drops the remainder); without it the last batch is partial
-    and every sample of the slice is seen exactly once. Random ops draw from the pipeline seed
-    (``config.seed``; in Ray Train use base seed + world rank).
-
-    Checkpointing: ``state_dict()`` captures the reader position and every random generator
-    (DALI's ``enable_checkpointing``); a loader built with ``checkpoint=state`` (or after
-    ``load_state_dict(state)``) continues mid-epoch with the same samples and the same
-    augmentations as the original would have produced.
+    ``state_dict()`` captures the reader position and every random generator (DALI's
+    ``enable_checkpointing``); a loader built with ``checkpoint=state`` continues mid-epoch
+    with the same samples and the same augmentations as the original would have produced.
     """
 
     def __init__(
@@ -221,30 +300,24 @@ class ViewLoader:
         self.shards = [str(s) for s in shards]
         self.recipes = list(recipes)
         self.config = config
-        use_gpu = config.device == "gpu" or (config.device == "auto" and gpu_available())
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else None
+        on_gpu = use_gpu(config)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
         self._names = [
             name
             for i, recipe in enumerate(self.recipes)
             for name in ([f"view{i}", f"order{i}"] if recipe.jigsaw else [f"view{i}"])
         ]
-        self._build(checkpoint)
-
-    def _build(self, checkpoint: dict[str, Any] | None) -> None:
-        config = self.config
         self.pipeline = _views_pipeline(
             shards=self.shards,
             recipes=self.recipes,
-            shard_id=config.shard_id,
-            num_shards=config.num_shards,
-            shuffle=config.shuffle,
-            decode_device="cpu" if self.device is None else "mixed",
-            with_index=config.with_index,
+            config=config,
+            on_gpu=on_gpu,
+            decode_once=decode_once(config, on_gpu),
             batch_size=config.batch_size,
-            num_threads=config.num_threads,
+            num_threads=max(config.num_threads, 1),
             device_id=None if self.device is None else self.device.index,
-            seed=config.seed,
-            prefetch_queue_depth=2,
+            seed=rank_seed(config),
+            prefetch_queue_depth=config.prefetch,
             enable_checkpointing=True,
             checkpoint=None if checkpoint is None else checkpoint["dali"][0],
         )
@@ -258,11 +331,8 @@ class ViewLoader:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this loader is: resume with ``ViewLoader(..., checkpoint=state)``."""
-        return {"dali": self._iterator.checkpoints()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._build(state)
+        """Where this loader is: resume with ``build_loader(..., checkpoint=state)``."""
+        return {"backend": BACKEND, "dali": self._iterator.checkpoints()}
 
     def __len__(self) -> int:
         return len(self._iterator)

@@ -8,7 +8,7 @@ Layout of an ingest output directory::
     val/shard-000000.tar,   val/shard-000000.idx, ...
 
 Each sample is ``KEY.<ext>`` (the original image bytes, ``ext`` from the detected format) and
-``KEY.label`` (int32 little-endian, read by DALI with ``dtypes=INT32``; −1 = unlabelled); see
+``KEY.label.i32`` (int32 little-endian, read by DALI with ``dtypes=INT32``; −1 = unlabelled); see
 ``shards``. The split is stratified and depends only on the keys: within each class the items
 are ordered by ``sha256(seed:key)`` and the first ``round(val_fraction · n)`` go to ``val``.
 It is made from the listing, before validation, so a rejected file leaves a hole in its split
@@ -27,7 +27,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 from collections import Counter, defaultdict
@@ -36,18 +35,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .layout import JOURNAL, MANIFEST, PARTIAL, REJECTED, SPLITS
 from .progress import Progress
 from .samples import UNLABELLED, Sample
 from .shards import ShardInfo, ShardWriter
 from .sources import Item, Rejection, Source
 from .validate import DEFAULT_MAX_PIXELS, Rejected, check_image
 
-SPLITS = ("train", "val")
-MANIFEST = "manifest.json"
-REJECTED = "rejected.jsonl"
-PARTIAL = ".partial"
-JOURNAL = "journal.jsonl"
-LABEL_FORMAT = "KEY.label: int32 little-endian (DALI dtypes=INT32), -1 = unlabelled"
+LABEL_FORMAT = "KEY.label.i32: int32 little-endian (DALI dtypes=INT32), -1 = unlabelled"
 _UNLABELLED_CLASS = "unlabelled"
 
 
@@ -66,19 +61,6 @@ def split_items(items: list[Item], val_fraction: float, seed: int) -> dict[str, 
     for name in SPLITS:
         split[name].sort(key=lambda it: it.key)
     return split
-
-
-def parse_shard_size(text: str) -> tuple[int, int | None]:
-    """``"10000"`` → (10000 samples, no byte cap); ``"512MB"``/``"1GiB"`` → byte cap."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]i?b?|b)?\s*", text, re.IGNORECASE)
-    if not match or int(match.group(1)) == 0:
-        raise ValueError(f"shard size {text!r}: expected a sample count or bytes like 512MB")
-    number, unit = int(match.group(1)), (match.group(2) or "").lower()
-    if not unit:
-        return number, None
-    power = " kmgt".index(unit[0]) if unit[0] in "kmgt" else 0
-    base = 1024 if "i" in unit else 1000
-    return sys.maxsize, number * base**power
 
 
 # Per worker process: the source and pixel limit, set once by the pool initializer.

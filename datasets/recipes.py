@@ -1,25 +1,47 @@
 """View recipes: declarative augmentation settings, one ``ViewRecipe`` per view.
 
-A recipe is plain data (YAML-able); ``datasets.dali_views`` turns it into a DALI graph.
-Defaults follow the SimCLR / BYOL / VICReg papers; probabilities are per sample.
+A recipe is plain data (YAML-able); both loader backends (``datasets.dali_views``,
+``datasets.torch_views``) turn it into the same augmentations. Each preset follows its method's
+official code, cited where it is defined; probabilities are per sample.
+
+A spec's ``views:`` is a preset name or a list of views (``ViewEntry``: a preset's view plus
+overrides, or a recipe spelled out), and ``view_overrides`` changes fields of every view or of
+one (``ViewOverride``); ``resolve_views`` turns both into ``list[ViewRecipe]``. Installed packages
+add presets through the entry-point group ``sslpipe.views`` (``VIEW_PLUGIN_GROUP``): the entry
+point names a list of recipes (``ViewRecipe`` or mappings of its fields).
+
+This module imports pydantic only (``sslpipe validate`` stays light).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    create_model,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+VIEW_PLUGIN_GROUP = "sslpipe.views"
 
 
 class JigsawSpec(BaseModel):
     """PIRL's jigsaw view: the crop is cut into ``grid``×``grid`` cells of ``cell`` px and a
     random ``patch``×``patch`` crop is taken inside each cell; the patches come out in a random
-    order, recorded per sample (see ``dali_views.ViewLoader``)."""
+    order, recorded per sample (see ``loaders.build_loader``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -29,7 +51,12 @@ class JigsawSpec(BaseModel):
 
 
 class ViewRecipe(BaseModel):
-    """How one view of an image is made (colour values are on the 0–1 pixel scale)."""
+    """How one view of an image is made (colour values are on the 0–1 pixel scale).
+
+    Colour jitter is torchvision's ``ColorJitter``: brightness, contrast and saturation factors
+    drawn from [1 − x, 1 + x], contrast centred on the mean grey level of the image, hue shifted
+    by up to ``hue`` of a turn; both backends apply them in that fixed order.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,6 +67,9 @@ class ViewRecipe(BaseModel):
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     center_crop_fraction: float = Field(
         0.875, gt=0, le=1, description="eval views: crop side / resized shorter side"
+    )
+    interpolation: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="resampling of the crop to `size` (antialiased)"
     )
     flip_p: float = Field(0.5, ge=0, le=1)
     jitter_p: float = Field(0.8, ge=0, le=1)
@@ -54,7 +84,7 @@ class ViewRecipe(BaseModel):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     jigsaw: JigsawSpec | None = Field(
-        None, description="cut the view into shuffled patches (colour ops apply per patch)"
+        None, description="cut the view into shuffled patches (colour ops and flips per patch)"
     )
 
     @model_validator(mode="after")
@@ -72,15 +102,47 @@ class ViewRecipe(BaseModel):
         return self.jigsaw.patch if self.jigsaw else self.size
 
 
-def _byol_pair(**common: object) -> list[ViewRecipe]:
-    """BYOL/VICReg asymmetric pair: view 1 always blurred, view 2 sometimes solarized."""
+def _simclr(strength: float, **common: Any) -> ViewRecipe:
+    """SimCLR's view (google-research/simclr ``data_util.py``): ``color_jitter`` with
+    brightness/contrast/saturation 0.8·s and hue 0.2·s applied with p 0.8, grayscale p 0.2
+    (``random_color_jitter``), ``crop_and_resize`` area 0.08–1, ratio 3/4–4/3, bicubic
+    (``resize_bicubic``), blur σ ∈ [0.1, 2] with p 0.5; no solarization. ``run.py`` sets
+    s = 1.0 (ImageNet); the README's CIFAR-10 command s = 0.5 and ``--use_blur=False``."""
+    return ViewRecipe(
+        **{
+            "brightness": 0.8 * strength,
+            "contrast": 0.8 * strength,
+            "saturation": 0.8 * strength,
+            "hue": 0.2 * strength,
+            "interpolation": "bicubic",
+            **common,
+        }
+    )
+
+
+def _byol_pair(**common: Any) -> list[ViewRecipe]:
+    """BYOL's asymmetric pair (google-deepmind/deepmind-research ``byol/utils/augmentations.py``
+    ``augment_config``; bicubic resize in ``byol/utils/dataset.py``): jitter 0.4/0.4/0.2/0.1
+    with p 0.8, grayscale p 0.2, view 1 always blurred, view 2 blurred with p 0.1 and
+    solarized with p 0.2. VICReg uses the same pair (facebookresearch/vicreg
+    ``augmentations.py`` ``TrainTransform``, ``InterpolationMode.BICUBIC``)."""
+    common = {"interpolation": "bicubic", **common}
     return [
-        ViewRecipe(blur_p=1.0, solarize_p=0.0, **common),
-        ViewRecipe(blur_p=0.1, solarize_p=0.2, **common),
+        ViewRecipe(**{"blur_p": 1.0, "solarize_p": 0.0, **common}),
+        ViewRecipe(**{"blur_p": 0.1, "solarize_p": 0.2, **common}),
     ]
 
 
-def _eval(size: int, **common: object) -> list[ViewRecipe]:
+def _simsiam(**common: Any) -> ViewRecipe:
+    """SimSiam's view, which spectral contrastive learning trains with
+    (jhaochenz/spectral_contrastive_learning ``augmentations/simsiam_aug.py``
+    ``SimSiamTransform``, as facebookresearch/simsiam ``main_simsiam.py``): crop area 0.2–1,
+    jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2, blur p 0.5 (0 for 32 px images),
+    torchvision's default bilinear resize."""
+    return ViewRecipe(**{"crop_scale": (0.2, 1.0), "saturation": 0.4, "blur_p": 0.5, **common})
+
+
+def _eval(size: int, **common: Any) -> list[ViewRecipe]:
     return [
         ViewRecipe(
             size=size,
@@ -102,12 +164,25 @@ def multicrop(num_local: int = 6, *, size: int = 224, local_size: int = 96) -> l
     return [global_view, global_view] + [local_view] * num_local
 
 
+# PIRL as VISSL trains it (facebookresearch/vissl
+# configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml): ImgPilToPatchesAndImage
+# (vissl/data/ssl_transforms/img_pil_to_patches_and_image.py) makes the image view, a
+# RandomResizedCrop of area 0.08–1 to 224, and the patches from a second RandomResizedCrop of
+# area 0.6–1 to 255, cut into 3×3 cells of 85 px with a 64 px patch at a random offset in each
+# (img_patches_tensor.py, patch_jitter 21), in a random order. ColorJitter(0.4, 0.4, 0.4, 0.2)
+# — not wrapped in RandomApply, so always applied —, RandomGrayscale(0.2) and
+# RandomHorizontalFlip(0.5) then apply to the image and to each patch on its own; no blur;
+# torchvision's default bilinear resize. VISSL's ImgPilRandomPhotometric (posterize,
+# sharpness, solarize at a random threshold, autocontrast, together with p 0.66) is left out:
+# neither backend has posterize/sharpness/autocontrast operators (README, "Data").
+_PIRL_COLOUR = {"jitter_p": 1.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
+                "hue": 0.2, "grayscale_p": 0.2, "blur_p": 0.0, "flip_p": 0.5}  # fmt: skip
+
+
 def _pirl() -> list[ViewRecipe]:
-    """PIRL: the image view, and 9 jigsaw patches of a 255 px crop (3×3 cells of 85 px, a
-    random 64 px crop in each), colour-jittered per patch, without blur or flips."""
     return [
-        ViewRecipe(blur_p=0.0),
-        ViewRecipe(size=255, blur_p=0.0, flip_p=0.0, jigsaw=JigsawSpec()),
+        ViewRecipe(**_PIRL_COLOUR),
+        ViewRecipe(size=255, crop_scale=(0.6, 1.0), jigsaw=JigsawSpec(), **_PIRL_COLOUR),
     ]
 
 
@@ -118,54 +193,190 @@ def _pirl_cifar() -> list[ViewRecipe]:
     """PIRL scaled to 32 px images: the jigsaw crop (area 60–100%, as VISSL's
     ``crop_scale_patches``) is 3×3 cells of 10 px with an 8 px patch in each (the paper's
     64/85 patch-to-cell ratio, rounded)."""
-    common: dict[str, Any] = {**_CIFAR, "blur_p": 0.0}
+    common: dict[str, Any] = {**_CIFAR, **_PIRL_COLOUR}
     jigsaw = JigsawSpec(grid=3, cell=10, patch=8)
     return [
         ViewRecipe(**common),
-        ViewRecipe(**{**common, "crop_scale": (0.6, 1.0)}, flip_p=0.0, jigsaw=jigsaw),
+        ViewRecipe(**{**common, "crop_scale": (0.6, 1.0)}, jigsaw=jigsaw),
     ]
 
 
-# W-MSE (Ermolov et al. 2021): d views from one distribution, SimCLR-like augmentations.
-_WMSE = {"crop_scale": (0.2, 1.0), "blur_p": 0.5}
+def _wmse(strength: float, crop_min: float, grayscale_p: float, **common: Any) -> ViewRecipe:
+    """W-MSE's view (Ermolov et al. 2021; htdt/self-supervised ``datasets/transforms.py``
+    ``aug_transform``, bicubic ``RandomResizedCrop``): jitter ``strength``·(1, 1, 1, 0.25) with
+    p 0.8, grayscale, flip p 0.5, no blur, no solarization. ``cfg.py``'s defaults (CIFAR,
+    Tiny ImageNet): strength 0.4, crop area 0.2–1, grayscale p 0.1; the README's ImageNet-100
+    command: ``--crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2``. The
+    official code jitters before it crops; both our backends crop first (README, "Views")."""
+    return ViewRecipe(
+        **{
+            **common,
+            "crop_scale": (crop_min, 1.0),
+            "brightness": strength,
+            "contrast": strength,
+            "saturation": strength,
+            "hue": strength / 4,
+            "grayscale_p": grayscale_p,
+            "blur_p": 0.0,
+            "interpolation": "bicubic",
+        }
+    )
 
-PRESETS: dict[str, list[ViewRecipe]] = {
-    "simclr": [ViewRecipe(), ViewRecipe()],
+
+# CIFAR variants: 32 px, no blur (as solo-learn's CIFAR recipes and SimCLR's CIFAR command).
+_NO_BLUR_CIFAR = {**_CIFAR, "blur_p": 0.0}
+
+PRESETS: dict[str, Sequence[ViewRecipe | Mapping[str, Any]]] = {
+    "simclr": [_simclr(1.0)] * 2,
     "byol": _byol_pair(),
     "vicreg": _byol_pair(),
-    "wmse": [ViewRecipe(**_WMSE)] * 2,
-    "wmse4": [ViewRecipe(**_WMSE)] * 4,
+    "simsiam": [_simsiam()] * 2,
+    "wmse": [_wmse(0.8, 0.08, 0.2)] * 2,
+    "wmse4": [_wmse(0.8, 0.08, 0.2)] * 4,
     "multicrop": multicrop(),
     "pirl": _pirl(),
     "eval": _eval(224),
-    # CIFAR variants: 32 px, no blur (as in solo-learn's CIFAR recipes), CIFAR statistics.
-    "simclr_cifar": [ViewRecipe(blur_p=0, **_CIFAR)] * 2,
-    "byol_cifar": [
-        ViewRecipe(blur_p=0, solarize_p=0.0, **_CIFAR),
-        ViewRecipe(blur_p=0, solarize_p=0.2, **_CIFAR),
-    ],
-    "wmse_cifar": [ViewRecipe(blur_p=0, **{**_CIFAR, "crop_scale": (0.2, 1.0)})] * 2,
-    "wmse4_cifar": [ViewRecipe(blur_p=0, **{**_CIFAR, "crop_scale": (0.2, 1.0)})] * 4,
+    "simclr_cifar": [_simclr(0.5, **_NO_BLUR_CIFAR)] * 2,
+    "byol_cifar": _byol_pair(**_NO_BLUR_CIFAR),
+    "vicreg_cifar": _byol_pair(**_NO_BLUR_CIFAR),
+    "simsiam_cifar": [_simsiam(**_NO_BLUR_CIFAR)] * 2,
+    "wmse_cifar": [_wmse(0.4, 0.2, 0.1, **_CIFAR)] * 2,
+    "wmse4_cifar": [_wmse(0.4, 0.2, 0.1, **_CIFAR)] * 4,
     "pirl_cifar": _pirl_cifar(),
     "eval_cifar": _eval(32, center_crop_fraction=1.0, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
-PRESETS["vicreg_cifar"] = PRESETS["byol_cifar"]
 
 
 def get_recipe(name: str) -> list[ViewRecipe]:
+    """The views of preset ``name`` (built-in or added by a plugin), validated."""
     if name not in PRESETS:
         raise KeyError(f"unknown view recipe {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
+    return [ViewRecipe.model_validate(view) for view in PRESETS[name]]
 
 
-# Every ViewRecipe field, optional: what a spec may override on all views of a preset.
+def _known_preset(name: str) -> str:
+    """``name`` if it is a registered preset; otherwise pydantic's ``literal_error`` (so a spec
+    gets the usual "not allowed; did you mean" line listing the presets)."""
+    if name not in PRESETS:
+        names = [repr(n) for n in PRESETS]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": expected}
+        )
+    return name
+
+
+class _GivenFields(BaseModel):
+    """Optional recipe fields that remember which were written: an explicit ``null`` (e.g.
+    ``crop_scale: null``, resize + centre crop) is a value, an absent key is not, and
+    ``model_dump`` gives back only what was written, so a dump validates to the same thing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+    def given(self, *skip: str) -> dict[str, Any]:
+        """The recipe fields written (``skip``: fields that are not recipe fields)."""
+        return {name: getattr(self, name) for name in self.model_fields_set if name not in skip}
+
+
+# Every ViewRecipe field, optional: what a spec may change on a view.
 ViewOverrides = create_model(
     "ViewOverrides",
-    __config__=ConfigDict(extra="forbid"),
-    **{name: (field.annotation | None, None) for name, field in ViewRecipe.model_fields.items()},
+    __base__=_GivenFields,
+    **{
+        name: (
+            # the field's type with its bounds (Annotated[(type, *constraints)]), or None
+            (Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+            | None,
+            Field(None, description=field.description),
+        )
+        for name, field in ViewRecipe.model_fields.items()
+    },
 )
 
 
-def apply_overrides(recipes: list[ViewRecipe], overrides: dict[str, Any]) -> list[ViewRecipe]:
+def apply_overrides(recipes: Sequence[ViewRecipe], overrides: dict[str, Any]) -> list[ViewRecipe]:
     """The recipes with ``overrides`` applied to every view, validated like any recipe."""
     return [ViewRecipe.model_validate({**r.model_dump(), **overrides}) for r in recipes]
+
+
+class ViewOverride(ViewOverrides):  # type: ignore[misc, valid-type]
+    """A spec's ``view_overrides``: fields to change on every view, or with ``view: i`` only on
+    view i (0-based)."""
+
+    view: int | None = Field(None, ge=0, description="the one view to change (0-based)")
+
+    def apply(self, recipes: Sequence[ViewRecipe]) -> list[ViewRecipe]:
+        if self.view is not None and self.view >= len(recipes):
+            raise ValueError(f"view_overrides.view {self.view}: there are {len(recipes)} views")
+        fields = self.given("view")
+        return [
+            ViewRecipe.model_validate({**recipe.model_dump(), **fields})
+            if self.view in (None, i)
+            else recipe
+            for i, recipe in enumerate(recipes)
+        ]
+
+
+class ViewEntry(ViewOverrides):  # type: ignore[misc, valid-type]
+    """One item of a spec's ``views:`` list.
+
+    ``{preset: vicreg}`` is every view of ``vicreg``; ``{preset: vicreg, index: 1,
+    solarize_p: 0.3}`` its view 1 with one field changed (a field set without ``index``
+    changes every view of the preset); without ``preset`` the entry is a recipe spelled out
+    (unset fields take ``ViewRecipe``'s defaults). ``repeat: n`` puts the view(s) in n times.
+    """
+
+    preset: Annotated[str, AfterValidator(_known_preset)] | None = Field(
+        None, description="take the view(s) from this preset"
+    )
+    index: int | None = Field(None, ge=0, description="which of the preset's views; all if unset")
+    repeat: int = Field(1, ge=1, description="how many times the view(s) appear")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ViewEntry:
+        if self.preset is None and self.index is not None:
+            raise ValueError("'index' picks a view of a preset: set 'preset' too")
+        self.recipes()
+        return self
+
+    def recipes(self) -> list[ViewRecipe]:
+        fields = self.given("preset", "index", "repeat")
+        if self.preset is None:
+            return [ViewRecipe.model_validate(fields)] * self.repeat
+        views = get_recipe(self.preset)
+        if self.index is not None:
+            if self.index >= len(views):
+                raise ValueError(
+                    f"index {self.index}: preset {self.preset!r} has {len(views)} views"
+                )
+            views = [views[self.index]]
+        return apply_overrides(views, fields) * self.repeat
+
+
+def _preset_as_entry(value: Any) -> Any:
+    """``views: NAME`` is shorthand for ``views: [{preset: NAME}]``."""
+    return [{"preset": _known_preset(value)}] if isinstance(value, str) else value
+
+
+# The type of a spec's ``views:``: a preset name or a list of ViewEntry (always a list after
+# validation).
+Views = Annotated[
+    list[ViewEntry],
+    BeforeValidator(_preset_as_entry, json_schema_input_type=str | list[ViewEntry]),
+]
+
+
+def resolve_views(
+    views: str | Sequence[ViewEntry], overrides: ViewOverride | None = None
+) -> list[ViewRecipe]:
+    """A spec's ``views:`` (a preset name, or validated ``ViewEntry`` items) with its
+    ``view_overrides`` applied: the recipes a loader takes."""
+    if isinstance(views, str):
+        recipes = get_recipe(views)
+    else:
+        recipes = [recipe for entry in views for recipe in entry.recipes()]
+    return recipes if overrides is None else overrides.apply(recipes)

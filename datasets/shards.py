@@ -3,11 +3,16 @@
 Each sample in a shard is three tar members sharing the key:
 
 * ``KEY.<ext>``  the original encoded image (``jpg``, ``png``, ...);
-* ``KEY.label``  the label as a 4-byte little-endian int32, which
+* ``KEY.label.i32``  the label as a 4-byte little-endian int32, which
   ``fn.readers.webdataset(..., dtypes=[UINT8, INT32])`` reads directly (−1 = unlabelled);
-* ``KEY.index``  the sample's position in its split (0 … n−1 in writing order, across the
+* ``KEY.index.i64``  the sample's position in its split (0 … n−1 in writing order, across the
   split's shards) as an 8-byte little-endian int64 (DALI ``INT64``): a stable per-image id
   for methods that keep per-image state, such as PIRL's memory bank.
+
+The binary fields end in their dtype (``.i32``/``.i64``) so that no reader guesses a format
+from the name: webdataset's default decoders go by the last part of the extension and would
+parse a member named ``KEY.index`` as ASCII text. DALI matches the whole extension after the
+key (``label.i32``); readers also accept the names shards had before (``LEGACY_EXTS``).
 
 Members carry fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples in the
 same order give byte-identical tars. A shard is written to ``.name.tmp`` and renamed when
@@ -29,8 +34,9 @@ from pathlib import Path
 
 from .samples import Sample
 
-LABEL_EXT = "label"
-INDEX_EXT = "index"
+LABEL_EXT = "label.i32"
+INDEX_EXT = "index.i64"
+LEGACY_EXTS = {LABEL_EXT: "label", INDEX_EXT: "index"}  # names written before 2026-12
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "jp2", "pnm", "ppm", "pgm")
 DALI_INDEX_VERSION = "v1.2"
 _BLOCK = tarfile.BLOCKSIZE

@@ -1,29 +1,46 @@
-"""The ``torch`` backend: the same view recipes with webdataset + torchvision v2 + DataLoader.
+"""The ``torch`` backend: the view recipes on PIL + torchvision v2 in DataLoader workers.
 
-For machines where DALI cannot be installed (macOS, Windows) and as the benchmark baseline,
-so it is built the way strong PyTorch pipelines are: PIL decode, torchvision v2 transforms on
-PIL images, PIL's ``ImageFilter.GaussianBlur`` (as solo-learn, much faster than torchvision's
-tensor blur), one DataLoader worker process per core. It yields the batch structure of
-``dali_views.ViewLoader``. Ranks take every ``num_shards``-th shard, so with uneven shards
-ranks may differ by a batch; use the DALI loader for multi-rank training.
+For machines where DALI cannot be installed (macOS, Windows, no CUDA wheel) and as a second
+implementation of the same recipes. It needs neither DALI nor webdataset:
+
+* a map-style dataset reads each sample straight from its shard at the offsets the DALI
+  ``.idx`` files record (one ``pread`` or memory-map slice per sample);
+* every epoch is a permutation of all samples drawn from ``(seed, epoch)``, the same on every
+  rank, cut into one contiguous block per rank (``N // num_shards`` samples each with
+  ``drop_last``), so the ranks split each epoch without overlap and yield equal batch counts;
+* each sample's augmentations draw from a generator seeded by ``(seed, epoch, sample)``, so
+  they depend neither on the worker that makes them nor on where the run was resumed:
+  ``state_dict()`` is just ``(epoch, batches consumed)``.
+
+The augmentations are torchvision v2 on PIL images, PIL's ``ImageFilter.GaussianBlur`` for the
+blur (as solo-learn and VICReg), one DataLoader worker process per ``num_threads``. Colour
+jitter is torchvision's ``ColorJitter`` (random order of the four factors per image).
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
-from .dali_views import LoaderConfig
+from .loaders import LoaderConfig, use_gpu
 from .recipes import ViewRecipe
-from .shards import IMAGE_EXTS, LABEL_EXT, decode_label
+from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, LEGACY_EXTS, index_path
+
+BACKEND = "torch"
+_INTERPOLATION = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
 
 
 class _PILBlur:
@@ -49,20 +66,18 @@ def _colour_ops(recipe: ViewRecipe) -> list[Any]:
         ops.append(v2.RandomSolarize(128, p=recipe.solarize_p))
     if recipe.flip_p > 0:
         ops.append(v2.RandomHorizontalFlip(recipe.flip_p))
-    return [
-        *ops,
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(recipe.mean), list(recipe.std)),
-    ]
+    return [*ops, v2.PILToTensor()]  # uint8; normalised per batch (_Normalise)
 
 
 def _crop_op(recipe: ViewRecipe) -> Any:
+    interpolation = _INTERPOLATION[recipe.interpolation]
     if recipe.crop_scale is None:
         shorter = round(recipe.size / recipe.center_crop_fraction)
-        return v2.Compose([v2.Resize(shorter, antialias=True), v2.CenterCrop(recipe.size)])
+        return v2.Compose(
+            [v2.Resize(shorter, interpolation=interpolation), v2.CenterCrop(recipe.size)]
+        )
     return v2.RandomResizedCrop(
-        recipe.size, scale=recipe.crop_scale, ratio=recipe.crop_ratio, antialias=True
+        recipe.size, scale=recipe.crop_scale, ratio=recipe.crop_ratio, interpolation=interpolation
     )
 
 
@@ -79,65 +94,236 @@ class _ViewMaker:
         spec = self.recipe.jigsaw
         if spec is None:
             return [self.finish(image)]
-        cells = spec.grid**2
-        order = torch.randperm(cells)
+        order = torch.randperm(spec.grid**2)
         patches = []
         for cell in order.tolist():
             row, col = divmod(cell, spec.grid)
             x = col * spec.cell + random.randint(0, spec.cell - spec.patch)
             y = row * spec.cell + random.randint(0, spec.cell - spec.patch)
-            patch = image.crop((x, y, x + spec.patch, y + spec.patch))
-            patches.append(self.finish(patch))
+            patches.append(self.finish(image.crop((x, y, x + spec.patch, y + spec.patch))))
         return [torch.stack(patches), order]
 
 
-class _Sample:
-    """Picklable webdataset map: raw sample → (views, label)."""
+@dataclass(frozen=True)
+class SampleTable:
+    """Where each sample's members are, read from the shards' DALI ``.idx`` files: per
+    sample its shard and the (offset, size) of its image, label and (−1 if absent) index."""
 
-    def __init__(self, recipes: Sequence[ViewRecipe]) -> None:
+    shards: list[str]
+    shard: np.ndarray  # int32 (N,)
+    image: np.ndarray  # int64 (N, 2)
+    label: np.ndarray  # int64 (N, 2)
+    index: np.ndarray  # int64 (N, 2)
+
+    @classmethod
+    def read(cls, shards: Sequence[Path]) -> SampleTable:
+        shard_of, image, label, index = [], [], [], []
+        names = {LABEL_EXT: label, LEGACY_EXTS[LABEL_EXT]: label}
+        names |= {INDEX_EXT: index, LEGACY_EXTS[INDEX_EXT]: index}
+        for number, shard in enumerate(shards):
+            with open(index_path(Path(shard))) as handle:
+                handle.readline()  # "v1.2 <count>"
+                for line in handle:
+                    fields = line.split()
+                    members = {
+                        fields[i]: (int(fields[i + 1]), int(fields[i + 2]))
+                        for i in range(0, len(fields), 4)
+                    }
+                    shard_of.append(number)
+                    image.append(next(members[e] for e in IMAGE_EXTS if e in members))
+                    for ext, column in names.items():
+                        if ext in members:
+                            column.append(members[ext])
+                    if len(index) < len(shard_of):
+                        index.append((-1, 0))
+        return cls(
+            [str(s) for s in shards],
+            np.asarray(shard_of, dtype=np.int32),
+            np.asarray(image, dtype=np.int64).reshape(-1, 2),
+            np.asarray(label, dtype=np.int64).reshape(-1, 2),
+            np.asarray(index, dtype=np.int64).reshape(-1, 2),
+        )
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+def _mix(*values: int) -> int:
+    """A well-spread 63-bit seed from integers (SplitMix64 steps), cheap enough per sample."""
+    state = 0
+    for value in values:
+        state = (state ^ (value & 0xFFFFFFFFFFFFFFFF)) + 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
+        state = (state ^ (state >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state = (state ^ (state >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 31
+    return state >> 1
+
+
+class _ShardSamples(torch.utils.data.Dataset):
+    """``(sample, epoch)`` → ``(views, label, index)``, augmentations seeded per sample."""
+
+    def __init__(
+        self, table: SampleTable, recipes: Sequence[ViewRecipe], seed: int, memory_map: bool
+    ) -> None:
+        self.table = table
         self.makers = [_ViewMaker(recipe) for recipe in recipes]
+        self.seed = seed
+        self.memory_map = memory_map
+        self._files: dict[int, Any] = {}  # opened lazily, in the process that reads
 
-    def __call__(self, sample: dict[str, Any]) -> tuple[list[torch.Tensor], int]:
-        data = next(sample[ext] for ext in IMAGE_EXTS if ext in sample)
-        with Image.open(io.BytesIO(data)) as opened:
+    def __getstate__(self) -> dict[str, Any]:
+        """Without open files: workers started by spawn (macOS, Windows) open their own."""
+        return {**self.__dict__, "_files": {}}
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        if shard not in self._files:
+            path = self.table.shards[shard]
+            if self.memory_map:
+                with open(path, "rb") as handle:
+                    self._files[shard] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            else:
+                self._files[shard] = open(path, "rb")  # noqa: SIM115 (kept for the next reads)
+        source = self._files[shard]
+        if self.memory_map:
+            return source[offset : offset + size]
+        source.seek(offset)
+        return source.read(size)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[torch.Tensor], int, int]:
+        sample, epoch = key
+        table = self.table
+        shard = int(table.shard[sample])
+        # One read from the image's start to the end of the last member used.
+        spans = [table.image[sample], table.label[sample]]
+        if table.index[sample, 0] >= 0:
+            spans.append(table.index[sample])
+        start = int(spans[0][0])
+        data = self._read(shard, start, int(max(o + s for o, s in spans)) - start)
+
+        def member(span: np.ndarray) -> bytes:
+            return data[int(span[0]) - start : int(span[0] + span[1]) - start]
+
+        label = int(np.frombuffer(member(table.label[sample]), "<i4")[0])
+        index = int(np.frombuffer(member(spans[2]), "<i8")[0]) if len(spans) > 2 else -1
+        state = _mix(self.seed, epoch, sample)
+        # The CPU generator only: torch.manual_seed also queues a CUDA seeding with its stack
+        # trace on every call (~0.2 ms).
+        torch.default_generator.manual_seed(state)
+        random.seed(state)
+        with Image.open(io.BytesIO(member(table.image[sample]))) as opened:
             image = opened.convert("RGB")
         views = [view for maker in self.makers for view in maker(image)]
-        return views, decode_label(sample[LABEL_EXT])
+        return views, label, index
 
 
-def _collate(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], Any]:
-    views = [torch.stack(column) for column in zip(*(views for views, _ in batch), strict=True)]
-    return views, torch.tensor([label for _, label in batch], dtype=torch.int64)
+def _collate(batch: list[tuple[list[torch.Tensor], int, int]]) -> tuple[Any, ...]:
+    views = [torch.stack(column) for column in zip(*(views for views, _, _ in batch), strict=True)]
+    labels = torch.tensor([label for _, label, _ in batch], dtype=torch.int64)
+    return views, labels, torch.tensor([index for _, _, index in batch], dtype=torch.int64)
+
+
+class _EpochBatches:
+    """The batch sampler: the batches of the loader's current epoch, from its current batch
+    on (read when a DataLoader iterator starts, so a resumed loader skips what was done)."""
+
+    def __init__(self, loader: TorchViewLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        loader = self.loader
+        samples, epoch, size = loader.rank_samples(loader.epoch), loader.epoch, loader.batch_size
+        for start in range(loader.batch * size, len(loader) * size, size):
+            yield [(int(s), epoch) for s in samples[start : start + size]]
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.loader.batch
+
+
+class _Normalise:
+    """uint8 view batches → float32 ``(x/255 − mean)/std`` per recipe, on ``device``: one
+    vectorised pass per batch instead of three per image in the workers, and a quarter of the
+    bytes between processes (and to the GPU)."""
+
+    def __init__(self, recipes: Sequence[ViewRecipe], device: torch.device | None) -> None:
+        self.device = device
+        self.stats = []  # per output: (−mean·255/scale, 1/(255·std)), or None for jigsaw orders
+        for recipe in recipes:
+            mean = torch.tensor(recipe.mean, device=device).view(3, 1, 1) * 255.0
+            scale = 1.0 / (torch.tensor(recipe.std, device=device).view(3, 1, 1) * 255.0)
+            self.stats += [(mean, scale)] + ([None] if recipe.jigsaw else [])
+
+    def __call__(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for view, stats in zip(views, self.stats, strict=True):
+            view = view.to(self.device, non_blocking=True) if self.device else view
+            out.append(view if stats is None else view.float().sub_(stats[0]).mul_(stats[1]))
+        return out
 
 
 class TorchViewLoader:
-    """``ViewLoader``'s contract on webdataset + torchvision; ``num_threads`` = worker processes."""
+    """One rank's torch loader (``loaders.ViewLoader``); each ``iter()`` is (the rest of) one
+    epoch. Without ``drop_last`` the ranks' blocks may differ by one sample (and their batch
+    counts by one); every sample is then seen exactly once per epoch."""
 
     def __init__(
-        self, shards: Sequence[Path], recipes: Sequence[ViewRecipe], config: LoaderConfig
+        self,
+        shards: Sequence[Path],
+        recipes: Sequence[ViewRecipe],
+        config: LoaderConfig,
+        *,
+        checkpoint: dict[str, Any] | None = None,
     ) -> None:
-        urls = [str(s) for s in shards][config.shard_id :: config.num_shards]
-        dataset = wds.WebDataset(
-            urls,
-            shardshuffle=len(urls) if config.shuffle else False,
-            nodesplitter=None,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-            seed=config.seed,
-        )
-        if config.shuffle:
-            dataset = dataset.shuffle(1000, seed=config.seed)
-        dataset = dataset.map(_Sample(recipes))
-        workers = min(config.num_threads, len(urls))
-        self.loader = torch.utils.data.DataLoader(
+        self.config = config
+        self.batch_size = config.batch_size
+        self.table = SampleTable.read(shards)
+        if config.with_index and (self.table.index[:, 0] < 0).any():
+            raise ValueError(f"with_index: a sample in {shards[0]} … has no {INDEX_EXT} member")
+        on_gpu = use_gpu(config)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+        self._normalise = _Normalise(recipes, self.device)
+        self.epoch = 0 if checkpoint is None else int(checkpoint["epoch"])
+        self.batch = 0 if checkpoint is None else int(checkpoint["batch"])
+        dataset = _ShardSamples(self.table, recipes, config.seed, config.memory_map)
+        workers = config.num_threads
+        self._loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=config.batch_size,
+            batch_sampler=_EpochBatches(self),
             num_workers=workers,
             collate_fn=_collate,
-            drop_last=config.drop_last,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            pin_memory=on_gpu,
+            prefetch_factor=config.prefetch if workers > 0 else None,
         )
 
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        return iter(self.loader)
+    def _block(self) -> slice:
+        """This rank's positions in each epoch's order: a contiguous block."""
+        total, config = len(self.table), self.config
+        if config.drop_last:
+            per_rank = total // config.num_shards
+            return slice(config.shard_id * per_rank, (config.shard_id + 1) * per_rank)
+        rank = config.shard_id
+        return slice(total * rank // config.num_shards, total * (rank + 1) // config.num_shards)
+
+    def rank_samples(self, epoch: int) -> np.ndarray:
+        """This rank's samples in epoch ``epoch``, in the order it reads them."""
+        total, config = len(self.table), self.config
+        if config.shuffle:
+            order = np.random.default_rng([config.seed, epoch]).permutation(total)
+        else:
+            order = np.arange(total)
+        return order[self._block()]
+
+    def __len__(self) -> int:
+        block = self._block()
+        whole, rest = divmod(block.stop - block.start, self.batch_size)
+        return whole + int(bool(rest) and not self.config.drop_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: resume with ``build_loader(..., checkpoint=state)``."""
+        return {"backend": BACKEND, "epoch": self.epoch, "batch": self.batch}
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for views, labels, indices in self._loader:
+            self.batch += 1
+            views = self._normalise(views)
+            yield (views, labels, indices) if self.config.with_index else (views, labels)
+        self.epoch, self.batch = self.epoch + 1, 0

@@ -68,7 +68,9 @@ def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[b
             image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as error:
             raise Rejected("decompression_bomb", str(error)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        except UnidentifiedImageError:  # its message names a BytesIO object's address
+            raise Rejected("not_an_image", "not a format Pillow can read") from None
+        except (OSError, SyntaxError, ValueError) as error:
             raise Rejected("not_an_image", str(error) or type(error).__name__) from None
         fmt = image.format or "?"
         if fmt not in NATIVE_FORMATS and fmt not in REENCODED_FORMATS:

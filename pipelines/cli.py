@@ -1,48 +1,41 @@
 """``sslpipe`` command line.
 
 Each command is a ``register(commands)`` function that adds one sub-parser whose ``handler``
-does the work; ``COMMANDS`` lists them. User errors end as one line on stderr and a
-non-zero exit code (2 for an invalid spec), never as a traceback.
+does the work; ``COMMANDS`` lists them. The handlers call the Python API (``import
+sslpipe``), so both take the same paths. ``main`` is the one place errors are printed: one
+line each (every problem of a spec), exit 2 when the spec or the arguments must change, 1 when
+the machine must; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .cli_args import add_spec_arguments
+import sslpipe
+
+from .cli_args import add_output_options, add_spec_arguments
 from .cli_datasets import register_bench_loader, register_ingest
-from .cli_deploy import register_submit
-from .errors import SpecError, UserError
-
-if TYPE_CHECKING:
-    from .spec import PipelineSpec
-
-
-def _load(args: argparse.Namespace) -> PipelineSpec:
-    from .spec import load_spec
-
-    return load_spec(args.spec, args.overrides)
+from .cli_deploy import register_job, register_submit
+from .errors import ENVIRONMENT_EXIT, SpecError, UsageError, UserError
 
 
 def _validate(args: argparse.Namespace) -> None:
-    spec = _load(args)
+    spec = sslpipe.validate(args.spec, set=args.overrides, force=args.force)
     print(f"{args.spec}: valid ({len(spec.stages)} stages)")
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .runner import run_pipeline
-
-    run_pipeline(_load(args), force=tuple(args.force), if_changed=args.if_changed)
+    sslpipe.run(args.spec, set=args.overrides, force=args.force, if_changed=args.if_changed)
 
 
 def _plan(args: argparse.Namespace) -> None:
     from .runner import print_plan
 
-    print_plan(_load(args), force=tuple(args.force))
+    print_plan(sslpipe.plan(args.spec, set=args.overrides, force=args.force))
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -61,9 +54,10 @@ def _registry(args: argparse.Namespace) -> None:
     from .registry import ModelRegistry
 
     registry = ModelRegistry(args.registry)
+    registry.check()
     if args.action == "rollback":
         if not args.version:
-            raise UserError("registry rollback needs the version to point latest at, e.g. v0002")
+            raise UsageError("registry rollback needs the version to point latest at, e.g. v0002")
         registry.rollback(args.version)
     latest = registry.latest()
     print(f"{registry.root}: latest -> {latest.name if latest else 'none'}")
@@ -74,12 +68,28 @@ def _registry(args: argparse.Namespace) -> None:
             print(f"  {record['time']}  {record.get('version') or '-':<6} {record['reason']}")
 
 
+def _schema(args: argparse.Namespace) -> None:
+    import json
+
+    from .reference import json_schema, markdown
+
+    text = markdown() if args.markdown else json.dumps(json_schema(), indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from .reference import explain
+
+    print(explain(args.setting))
+
+
 def register_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
     add_spec_arguments(parser)
-    parser.add_argument(
-        "--force", action="append", default=[], metavar="STAGE", help="rerun this stage"
-    )
     parser.add_argument(
         "--if-changed",
         action="store_true",
@@ -89,9 +99,10 @@ def register_run(commands: argparse._SubParsersAction) -> None:
 
 
 def register_plan(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("plan", help="print, per stage, run or skip and why")
+    parser = commands.add_parser(
+        "plan", help="check the data and the cluster, then print per stage: run or skip, and why"
+    )
     add_spec_arguments(parser)
-    parser.add_argument("--force", action="append", default=[], metavar="STAGE")
     parser.set_defaults(handler=_plan)
 
 
@@ -123,6 +134,25 @@ def register_report(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_report)
 
 
+def register_schema(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "schema",
+        help="the JSON Schema of a spec, for editors (or docs/settings.md with --markdown)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="the settings reference")
+    parser.add_argument("--out", help="write to this file instead of printing")
+    parser.set_defaults(handler=_schema)
+
+
+def register_explain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="a setting's type, default, bounds and meaning, e.g. pretrain.global_batch_size",
+    )
+    parser.add_argument("setting", help="STAGE_TYPE[.FIELD[.FIELD]], or name / workdir")
+    parser.set_defaults(handler=_explain)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_run,
     register_plan,
@@ -133,6 +163,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_ingest,
     register_bench_loader,
     register_submit,
+    register_job,
+    register_schema,
+    register_explain,
 ]
 
 
@@ -140,26 +173,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sslpipe", description="Self-supervised pretraining pipelines."
     )
+    parser.add_argument("--version", action="version", version=f"sslpipe {sslpipe.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for register in COMMANDS:
         register(commands)
+    for command in (parser, *commands.choices.values()):
+        add_output_options(command)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    """What went wrong, on one line: an OSError's file and reason, else the error's text."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    from .ray_runtime import set_verbose
+
+    set_verbose(getattr(args, "verbose", False))
     try:
         args.handler(args)
-    except SpecError as error:
-        print(error, file=sys.stderr)
-        return error.exit_code
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
     except KeyboardInterrupt as interrupt:
         reason = f" ({interrupt})" if str(interrupt) else ""
         print(f"interrupted{reason}; the same command continues from here", file=sys.stderr)
         return 130
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        if isinstance(error, SpecError):
+            print(error, file=sys.stderr)
+            return error.exit_code
+        if isinstance(error, UserError):
+            print(f"error: {error}", file=sys.stderr)
+            return error.exit_code
+        # Nothing above foresaw it: still one line; the traceback with --debug.
+        hint = "" if debug else " (--debug prints the traceback)"
+        print(f"error: {_one_line(error)}{hint}", file=sys.stderr)
+        return ENVIRONMENT_EXIT
     return 0
 
 

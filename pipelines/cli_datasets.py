@@ -1,7 +1,7 @@
 """``sslpipe ingest`` and ``sslpipe bench-loader``: thin argument layers over ``sslpipe.datasets``.
 
-Bad input (a missing source, an unreadable archive, invalid options) ends as one ``UserError``
-line before anything is written.
+Bad input ends as one line before anything is written: an invalid option as a ``UsageError``
+(exit 2), a missing source or an unreadable archive as a ``UserError`` (exit 1).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UsageError, UserError
 
 
 def source_from_arg(spec: str, *, labelled: bool = True):
@@ -21,7 +21,7 @@ def source_from_arg(spec: str, *, labelled: bool = True):
     if spec.startswith("synthetic:"):
         count = spec.removeprefix("synthetic:")
         if not count.isdigit() or int(count) == 0:
-            raise UserError(f"{spec}: expected synthetic:N with N > 0")
+            raise UsageError(f"{spec}: expected synthetic:N with N > 0")
         return SyntheticShapesSource(int(count))
     try:
         return open_source(Path(spec), labelled=labelled)
@@ -30,19 +30,20 @@ def source_from_arg(spec: str, *, labelled: bool = True):
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from sslpipe.datasets.ingest import MANIFEST, PARTIAL, ingest, parse_shard_size
+    from sslpipe.datasets.ingest import ingest
+    from sslpipe.datasets.layout import MANIFEST, PARTIAL, parse_shard_size
 
     try:
         max_samples, max_bytes = parse_shard_size(args.shard_size)
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UsageError(f"--shard-size: {error}") from None
     if not 0 <= args.val_fraction < 1:
-        raise UserError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
+        raise UsageError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     if args.workers < 1:
-        raise UserError(f"--workers {args.workers}: must be at least 1")
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or _foreign_content(out, MANIFEST, PARTIAL)):
-        raise UserError(f"--out {out}: exists and is not an ingest output folder")
+        raise UsageError(f"--out {out}: exists and is not an ingest output folder")
     source = source_from_arg(args.src, labelled=not args.unlabelled)
     try:
         manifest = ingest(
@@ -88,7 +89,8 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
 
 
 def _shard_paths(paths: list[str]) -> list[Path]:
-    from sslpipe.datasets.ingest import MANIFEST, split_shards
+    from sslpipe.datasets.ingest import split_shards
+    from sslpipe.datasets.layout import MANIFEST
     from sslpipe.datasets.shards import list_shards
 
     shards: list[Path] = []
@@ -109,47 +111,72 @@ def _shard_paths(paths: list[str]) -> list[Path]:
 
 def _bench_loader(args: argparse.Namespace) -> None:
     from sslpipe.datasets.loader_bench import measure
-    from sslpipe.datasets.recipes import PRESETS
+    from sslpipe.datasets.loaders import LoaderConfig
+    from sslpipe.datasets.recipes import PRESETS, apply_overrides, get_recipe
 
     if args.recipe not in PRESETS:
-        raise UserError(f"--recipe {args.recipe!r}: choose one of {', '.join(sorted(PRESETS))}")
-    if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
-        raise UserError("--batch-size, --seconds and --threads must be positive")
+        raise UsageError(f"--recipe {args.recipe!r}: choose one of {', '.join(sorted(PRESETS))}")
+    if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1 or args.prefetch < 1:
+        raise UsageError("--batch-size, --seconds, --threads and --prefetch must be positive")
+    if not 0 <= args.hw_decoder_load <= 1:
+        raise UsageError(f"--hw-decoder-load {args.hw_decoder_load}: must be in [0, 1]")
     shards = _shard_paths(args.shards)
+    recipes = get_recipe(args.recipe)
+    if args.size is not None:
+        recipes = apply_overrides(recipes, {"size": args.size})
+    config = LoaderConfig(
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        prefetch=args.prefetch,
+        device=args.device,
+        decode=args.decode,
+        hw_decoder_load=args.hw_decoder_load,
+    )
     try:
         result = measure(
             shards,
+            recipes,
+            config,
             backend=args.backend,
-            recipe=args.recipe,
-            batch_size=args.batch_size,
             seconds=args.seconds,
-            threads=args.threads,
-            device=args.device,
             decode_only=args.decode_only,
-            size=args.size,
         )
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
+    result["recipe"] = None if args.decode_only else args.recipe
     if args.json:
         print(json.dumps(result))
     else:
         what = "decode only" if args.decode_only else f"{args.recipe}, {result['views']} views"
         print(
             f"{result['backend']}-{result['device']} ({what}, batch {args.batch_size}, "
-            f"{args.threads} threads): {result['images_per_s']:.1f} images/s"
+            f"{args.threads} threads): {result['images_per_s']:.1f} images/s "
+            f"(first batch after {result['first_batch_s']} s, load {result['load_1min']})"
         )
 
 
 def register_bench_loader(commands: argparse._SubParsersAction) -> None:
+    from sslpipe.datasets.loaders import LOADER_BACKENDS, LoaderConfig
+
+    defaults = LoaderConfig(batch_size=64)
     parser = commands.add_parser("bench-loader", help="measure a loader's source images per second")
     parser.add_argument("shards", nargs="+", help="ingest output, folder of shards, or .tar")
-    parser.add_argument("--backend", choices=("dali", "torch"), default="dali")
+    parser.add_argument("--backend", choices=LOADER_BACKENDS, default="dali")
     parser.add_argument("--recipe", default="vicreg")
     parser.add_argument("--size", type=int, help="override every view's output size")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured, after warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--prefetch", type=int, default=defaults.prefetch)
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument(
+        "--decode", choices=("auto", "once", "per_view"), default="auto",
+        help="DALI: decode each image once for all views, or each view's crop on its own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hw-decoder-load", type=float, default=defaults.hw_decoder_load,
+        help="DALI on GPU: share of JPEGs for the hardware decoder",
+    )  # fmt: skip
     parser.add_argument("--decode-only", action="store_true", help="read + decode: the floor")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=_bench_loader)

@@ -2,11 +2,13 @@
 
 Three layers, applied in this order:
 
-1. ``extends: base.yaml`` (or a list of files, paths relative to the extending file): the
-   base is loaded first (its own ``extends`` too) and the extending file is deep-merged over
-   it. Mappings merge key by key; a list of named mappings (``stages``) merges item by item
-   on ``name``, new names appended; any other value is replaced. A file that extends itself,
-   directly or not, is an error.
+1. ``extends: base.yaml`` (or a list of files; like every relative path of a spec, relative
+   to the directory sslpipe runs in, see ``RELATIVE_PATHS``): the base is loaded first (its
+   own ``extends`` too) and the extending file is deep-merged over it. Mappings merge key by
+   key, except that a mapping naming another ``kind`` (or ``type``) replaces it; a list of
+   named mappings (``stages``) merges item by item on ``name``, new names appended; any
+   other value is replaced. A file that extends itself, directly or not, is an
+   error.
 2. ``${VAR}`` and ``${VAR:-default}`` in string values take the environment variable (or the
    default when it is unset or empty); ``$${`` writes a literal ``${``.
 3. ``--set path.to.key=value`` overrides: the value is read as a YAML scalar or flow
@@ -18,34 +20,54 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import Problem, SpecError
-from .yaml_source import KeyPath, Position, YamlDocument, format_path, load_yaml
+from .errors import Problem, SpecError, did_you_mean
+from .yaml_source import KeyPath, Position, YamlDocument, format_path, load_yaml, parse_yaml
 
 EXTENDS_KEY = "extends"
+KIND_KEYS = ("kind", "type")  # a mapping's variant: one of another variant replaces it
+# The one rule for relative paths: data paths, workdir, registries and `extends` alike.
+RELATIVE_PATHS = "relative paths are relative to the directory sslpipe runs in"
 _VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def compose(path: Path | str, overrides: Sequence[str] = ()) -> tuple[YamlDocument, list[Problem]]:
-    """The spec at ``path`` with its bases merged in, variables filled and overrides set.
+PYTHON_SPEC = "<spec>"  # the file name of a spec given as Python data (positions unknown)
+
+
+def compose(
+    source: Path | str | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> tuple[YamlDocument, list[Problem]]:
+    """The spec at ``source`` (a file, or the spec as Python data) with its bases merged in,
+    variables filled and overrides set.
 
     Unreadable files and ``extends`` errors raise ``SpecError``; problems with variables and
     overrides are returned, so that validation can report them together with its own.
     """
-    doc = _with_bases(Path(path), chain=())
+    if isinstance(source, Mapping):
+        doc = _with_bases(YamlDocument(PYTHON_SPEC, _unshared(source)), chain=())
+    else:
+        doc = _with_bases(load_yaml(source), chain=(Path(source).resolve(),))
     problems = _interpolate(doc, doc.data, ())
     for override in overrides:
         problems += _apply_override(doc, override)
     return doc, problems
 
 
-def _with_bases(path: Path, chain: tuple[Path, ...]) -> YamlDocument:
-    doc = load_yaml(path)
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places share a mapping or list (as YAML aliases are built), so
+    that an override of one place changes only that place."""
+    if isinstance(value, Mapping):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def _with_bases(doc: YamlDocument, chain: tuple[Path, ...]) -> YamlDocument:
+    """``doc`` merged over its ``extends`` bases; ``chain``: the files being loaded (cycles)."""
     bases = doc.data.pop(EXTENDS_KEY, None)
     if bases is None:
         return doc
@@ -54,16 +76,16 @@ def _with_bases(path: Path, chain: tuple[Path, ...]) -> YamlDocument:
         problem = doc.problem((EXTENDS_KEY,), "must be a file name or a list of file names")
         raise SpecError([problem])
     merged: YamlDocument | None = None
-    here = (*chain, path.resolve())
     for name in names:
-        base_path = (path.parent / name).resolve()
-        if base_path in here:
-            cycle = " -> ".join(os.path.relpath(p) for p in (*here, base_path))
+        base_path = Path(name).resolve()
+        if base_path in chain:
+            cycle = " -> ".join(os.path.relpath(p) for p in (*chain, base_path))
             raise SpecError([doc.problem((EXTENDS_KEY,), f"extends forms a cycle: {cycle}")])
         if not base_path.is_file():
-            message = f"no such file {name!r} next to {os.path.relpath(path)}"
+            message = f"no such file {name!r} ({RELATIVE_PATHS})"
             raise SpecError([doc.problem((EXTENDS_KEY,), message)])
-        base = _with_bases(Path(os.path.relpath(base_path)), here)
+        relative = Path(os.path.relpath(base_path))
+        base = _with_bases(load_yaml(relative), (*chain, base_path))
         merged = base if merged is None else _merged(merged, base)
     assert merged is not None
     return _merged(merged, doc)
@@ -85,7 +107,11 @@ def _merge_node(
     out_path: KeyPath,
 ) -> Any:
     base_value, top_value = _at(base.data, base_path), _at(top.data, top_path)
-    if isinstance(base_value, dict) and isinstance(top_value, dict):
+    if (
+        isinstance(base_value, dict)
+        and isinstance(top_value, dict)
+        and _same_kind(base_value, top_value)
+    ):
         _copy_position(top, top_path, out, out_path)
         merged: dict[str, Any] = {}
         for key in [*base_value, *(k for k in top_value if k not in base_value)]:
@@ -114,6 +140,12 @@ def _merge_node(
             merged_list.append(_copy(top, (*top_path, j), out, (*out_path, len(merged_list))))
         return merged_list
     return _copy(top, top_path, out, out_path)
+
+
+def _same_kind(base: dict[str, Any], top: dict[str, Any]) -> bool:
+    """Whether ``top`` merges into ``base``: not when it names another ``kind``/``type`` (a
+    source of another kind shares none of the base's keys, so it replaces the base's)."""
+    return all(top[tag] == base[tag] for tag in KIND_KEYS if tag in top and tag in base)
 
 
 def _is_named_list(value: Any) -> bool:
@@ -155,17 +187,25 @@ def _interpolate(doc: YamlDocument, node: Any, path: KeyPath) -> list[Problem]:
         if isinstance(value, str):
             missing: list[str] = []
 
-            def fill(match: re.Match[str], missing: list[str] = missing) -> str:
+            defaulted: list[str] = []
+
+            def fill(
+                match: re.Match[str], missing: list[str] = missing, defaulted: list[str] = defaulted
+            ) -> str:
                 if match.group(0) == "$${":
                     return "${"
                 name, default = match.group(1), match.group(2)
-                value = os.environ.get(name) or default
-                if value is None:
+                if os.environ.get(name):
+                    return os.environ[name]
+                if default is None:
                     missing.append(name)
                     return ""
-                return value
+                defaulted.append(name)
+                return default
 
             node[key] = _VARIABLE.sub(fill, value)
+            if defaulted:
+                doc.defaulted[(*path, key)] = defaulted
             problems += [
                 doc.problem(
                     (*path, key),
@@ -184,9 +224,9 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
     if not sep or not key_text.strip():
         return [Problem(*source, "", "expected --set path.to.key=value")]
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError as error:
-        return [Problem(*source, key_text, f"value is not valid YAML: {error}")]
+        value = parse_yaml(value_text, source[0]).data if value_text.strip() else ""
+    except SpecError as error:
+        return [Problem(*source, key_text, f"value: {p.message}") for p in error.problems]
     node: Any = doc.data
     path: KeyPath = ()
     parts = key_text.strip().split(".")
@@ -195,9 +235,10 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
         if isinstance(node, list):
             position = _list_position(node, part)
             if position is None:
-                names = [i.get("name") for i in node if isinstance(i, dict)]
-                known = f" (items: {', '.join(map(str, names))})" if any(names) else ""
-                message = f"no item {part!r} in {format_path(path) or 'the list'}{known}"
+                names = [str(i["name"]) for i in node if isinstance(i, dict) and "name" in i]
+                known = f" (items: {', '.join(names)})" if names else ""
+                hint = did_you_mean(part, names)
+                message = f"no item {part!r} in {format_path(path) or 'the list'}{hint}{known}"
                 return [Problem(*source, format_path(path), message)]
             step: str | int = position
         elif isinstance(node, dict):
@@ -213,6 +254,8 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
             node = node[step]
     for written in [p for p in doc.positions if p[: len(path)] == path]:
         del doc.positions[written]
+    for written in [p for p in doc.defaulted if p[: len(path)] == path]:
+        del doc.defaulted[written]
     doc.positions[path] = source
     return []
 

@@ -6,7 +6,7 @@ A package adds to sslpipe by declaring, in its ``pyproject.toml``::
     my_stage = "my_package.stage:STAGE_TYPE"     # a StageType (config model + run function)
 
     [project.entry-points."sslpipe.methods"]
-    my_method = "my_package.method:METHOD"       # an ssl_ops Method
+    my_method = "my_package.method:CARD"         # an ssl_ops.catalog.MethodCard
 
     [project.entry-points."sslpipe.backbones"]
     my_net = "my_package.nets:build_my_net"      # a backbone builder, as in ssl_ops.BACKBONES
@@ -35,3 +35,8 @@ def add_plugins(group: str, registry: dict[str, T]) -> dict[str, T]:
         plugin: Any = entry_point.load()
         registry[entry_point.name] = plugin
     return registry
+
+
+def plugin_names(group: str) -> list[str]:
+    """The names the entry points of ``group`` declare, without importing them."""
+    return [entry_point.name for entry_point in entry_points(group=group)]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UsageError
 from .run_store import STATE_FILE, now
 
 LATEST = "latest"
@@ -48,6 +48,21 @@ class Decision:
 class ModelRegistry:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+
+    def is_registry(self) -> bool:
+        """Whether ``root`` is a registry: a folder with versions, ``latest`` or a history."""
+        return self.root.is_dir() and bool(
+            self.versions() or (self.root / LATEST).is_symlink() or (self.root / HISTORY).exists()
+        )
+
+    def check(self) -> None:
+        """Raise ``UsageError`` unless ``root`` is a registry (``registry show|rollback``)."""
+        if not self.is_registry():
+            what = "does not exist" if not self.root.exists() else "is not a model registry"
+            raise UsageError(
+                f"{self.root} {what}: a registry is an export stage's promote.registry folder, "
+                "with vNNNN folders, latest and history.jsonl"
+            )
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -110,7 +125,7 @@ class ModelRegistry:
         """Point ``latest`` at an earlier version (kept in the history like a promotion)."""
         if version not in self.versions():
             known = ", ".join(self.versions()) or "none"
-            raise UserError(f"{self.root}: no version {version!r} (versions: {known})")
+            raise UsageError(f"{self.root}: no version {version!r} (versions: {known})")
         self._point_latest_at(version)
         self._append_history({"time": now(), "rollback": True, "version": version})
 

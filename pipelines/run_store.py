@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UsageError, UserError
 
 STATE_FILE = "state.json"
 CHECKS_FILE = "checks.jsonl"
+RUN_FILE = "run.json"  # the latest run: spec name, sslpipe version, start time
 
 
 def now() -> str:
@@ -43,17 +44,17 @@ class RunStore:
         return self.workdir / name
 
     def state(self, name: str) -> dict[str, Any] | None:
-        path = self.stage_dir(name) / STATE_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        return _read_json(self.stage_dir(name) / STATE_FILE, f"delete {self.stage_dir(name)}")
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """Every recorded stage's state, in the order the stages started."""
+        """Every recorded stage's state, in the order the stages started; a workdir that is
+        not there is an argument mistake (``status``, ``report``)."""
+        if not self.workdir.is_dir():
+            raise UsageError(f"{self.workdir} is not a folder: give the spec's workdir")
         states = {
             p.parent.name: self.state(p.parent.name) or {}
             for p in self.workdir.glob(f"*/{STATE_FILE}")
         }
-        if not states:
-            raise UserError(f"{self.workdir}: no stage has run here")
         return dict(
             sorted(
                 states.items(),
@@ -86,11 +87,36 @@ class RunStore:
         final.mkdir(parents=True, exist_ok=True)
         _write_json(final / STATE_FILE, state)
 
-    def record_check(self, spec_name: str, changes: dict[str, str]) -> None:
-        """Append one ``--if-changed`` check (what changed, if anything) to ``checks.jsonl``."""
-        record = {"time": now(), "spec": spec_name, "changed": changes}
+    def record_check(
+        self, spec_name: str, changes: dict[str, str], error: str | None = None
+    ) -> None:
+        """Append one ``--if-changed`` check to ``checks.jsonl``: what changed, if anything,
+        or the error that stopped the check (the night failed before any stage ran)."""
+        record: dict[str, Any] = {"time": now(), "spec": spec_name, "changed": changes}
+        if error is not None:
+            record["error"] = error
         with open(self.workdir / CHECKS_FILE, "a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def checks(self) -> list[dict[str, Any]]:
+        """The ``--if-changed`` checks, oldest first (a line cut short by a crash skipped)."""
+        path = self.workdir / CHECKS_FILE
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def record_run(self, record: dict[str, Any]) -> None:
+        """What the latest run was (``run.json``: spec name, version, start), for reports."""
+        _write_json(self.workdir / RUN_FILE, record)
+
+    def last_run(self) -> dict[str, Any]:
+        return _read_json(self.workdir / RUN_FILE, "it is rewritten by the next run") or {}
 
     def lock(self) -> None:
         """Take the workdir's run lock, taking over a lock left by a dead process."""
@@ -117,6 +143,16 @@ class RunStore:
 
     def unlock(self) -> None:
         self._lock.unlink(missing_ok=True)
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None when there is no file; a damaged file is one line."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({error}); {fix}") from None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

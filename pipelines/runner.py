@@ -1,4 +1,9 @@
-"""Run a validated spec: stages in dependency order, skipping those that are up to date."""
+"""Run a validated spec: stages in dependency order, skipping those that are up to date.
+
+Before any stage starts, ``run`` and ``plan`` check what the spec alone cannot tell
+(``preflight``): the workdir, every stage's data, and that the Ray cluster can hold what the
+stages about to run ask for.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,56 @@ import json
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-from .errors import UserError
+from .errors import SpecError, UsageError, UserError
 from .interrupt import handle_stop_signals
-from .ray_runtime import shutdown_ray
-from .run_store import RunStore, now
+from .preflight import (
+    cpus_to_start_with,
+    data_problems,
+    raise_problems,
+    resource_problems,
+    workdir_problems,
+)
+from .ray_runtime import cluster_capacity, shutdown_ray
+from .run_store import STATE_FILE, RunStore, now
 from .spec import PipelineSpec, execution_order
 from .stages import STAGE_TYPES, StageConfig, StageContext
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage after ``run`` (``ran``: it ran now; else it was up to date) or in a plan
+    (``ran``: it would run, ``reason`` why)."""
+
+    name: str
+    type: str
+    ran: bool
+    reason: str | None
+    dir: Path
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.state.get("metrics", {})
+
+    @property
+    def outputs(self) -> list[Path]:
+        """The stage type's headline files."""
+        return [self.dir / name for name in STAGE_TYPES[self.type].outputs]
+
+    @property
+    def notes(self) -> list[str]:
+        """What the stage wants seen in the summary (e.g. rejected inputs)."""
+        return _notes(self.type, self.metrics, self.dir)
+
+
+def _notes(stage_type: str, metrics: dict[str, Any], stage_dir: Path) -> list[str]:
+    known = STAGE_TYPES.get(stage_type)
+    return known.config.notes(metrics, stage_dir) if known else []
 
 
 def fingerprint(stage: StageConfig, upstream: dict[str, str]) -> str:
@@ -27,41 +73,100 @@ def fingerprint(stage: StageConfig, upstream: dict[str, str]) -> str:
     }
     source_fingerprint = getattr(stage, "source_fingerprint", None)
     if source_fingerprint is not None:
-        content["data"] = source_fingerprint()
+        try:
+            content["data"] = source_fingerprint()
+        except ValueError as error:  # the data is not what the stage's settings say
+            raise UsageError(f"stage {stage.name!r}: {error}") from None
+        except OSError as error:
+            raise UserError(f"stage {stage.name!r}: {_os_error(error)}") from None
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _error_line(error: BaseException) -> str:
+    """An error as the command line prints it: a spec's problems, or one line."""
+    if isinstance(error, SpecError | UserError):
+        return str(error)
+    text = _os_error(error) if isinstance(error, OSError) else _first_line(error)
+    return f"{type(error).__name__}: {text}"
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def _os_error(error: OSError) -> str:
+    return f"{error.filename}: {error.strerror}" if error.filename else str(error)
 
 
 def run_pipeline(
     spec: PipelineSpec, *, force: tuple[str, ...] = (), if_changed: bool = False
-) -> None:
-    """Run the stages that are not up to date.
+) -> list[StageResult]:
+    """Run the stages that are not up to date; every stage's result, in execution order.
 
     With ``if_changed`` nothing runs unless some stage would (new data, a changed config, a
-    failed or missing stage); either way the check is appended to ``<workdir>/checks.jsonl``.
-    SIGINT/SIGTERM stop the run (see ``interrupt.py``): the running stage is marked
-    interrupted, Ray shut down and the lock released; the next run continues from there.
+    failed or missing stage); either way the check, or why it failed, is appended to
+    ``<workdir>/checks.jsonl``. SIGINT/SIGTERM stop the run (see ``interrupt.py``): the
+    running stage is marked interrupted, Ray shut down and the lock released; the next run
+    continues from there.
     """
-    unknown = [name for name in force if name not in {s.name for s in spec.stages}]
-    if unknown:
-        raise UserError(f"--force names no stage of this spec: {', '.join(unknown)}")
+    raise_problems(workdir_problems(spec, create=True))
     store = RunStore(Path(spec.workdir))
     store.lock()
     try:
         with handle_stop_signals():
-            # Once per run: an ingest stage's fingerprint reads its whole source.
-            fingerprints = stage_fingerprints(spec)
+            try:
+                fingerprints, planned = _prepare(spec, store, force)
+            except Exception as error:
+                if if_changed:  # the night failed before any stage: say so in the checks
+                    store.record_check(spec.name, {}, error=_error_line(error))
+                raise
             if if_changed:
-                planned = plan(spec, store, force, fingerprints)
-                changes = {s.name: why for s, _, why in planned if why}
-                store.record_check(spec.name, changes)
-                if not changes:
+                store.record_check(spec.name, {s.name: why for s, _, why in planned if why})
+                if not any(why for _, _, why in planned):
                     print(f"{spec.name}: nothing changed since the last successful run")
-                    return
-            _run_stages(spec, store, set(force), fingerprints)
+                    return _results(store, planned, ran=set())
+            run = {"spec": spec.name, "sslpipe_version": version("sslpipe"), "started": now()}
+            store.record_run(run)
+            ran = _run_stages(spec, store, set(force), fingerprints)
     finally:
         shutdown_ray()
         store.unlock()
-    _print_summary(spec, store)
+    results = _results(store, planned, ran)
+    _print_summary(spec, results)
+    return results
+
+
+def _prepare(
+    spec: PipelineSpec, store: RunStore, force: tuple[str, ...]
+) -> tuple[dict[str, str], list[tuple[StageConfig, str, str | None]]]:
+    """Check the data, fingerprint every stage, plan, and check that the Ray cluster can hold
+    the stages that will run; raises before any stage starts."""
+    raise_problems(data_problems(spec))
+    fingerprints = stage_fingerprints(spec)  # once per run: ingest's reads its whole source
+    planned = list(plan(spec, store, force, fingerprints))
+    running = [stage for stage, _, why in planned if why]
+    if any(stage.resource_request() for stage in running):
+        capacity = cluster_capacity(cpus_to_start_with(running))
+        raise_problems(resource_problems(spec, running, capacity))
+    return fingerprints, planned
+
+
+def _results(
+    store: RunStore,
+    planned: list[tuple[StageConfig, str, str | None]],
+    ran: set[str],
+) -> list[StageResult]:
+    return [
+        StageResult(
+            stage.name,
+            stage.type,
+            stage.name in ran,
+            why,
+            store.stage_dir(stage.name),
+            store.state(stage.name) or {},
+        )
+        for stage, _, why in planned
+    ]
 
 
 def stage_fingerprints(spec: PipelineSpec) -> dict[str, str]:
@@ -79,11 +184,8 @@ def plan(
     force: set[str] | tuple[str, ...] = (),
     fingerprints: dict[str, str] | None = None,
 ) -> Iterator[tuple[StageConfig, str, str | None]]:
-    """``(stage, fingerprint, why it runs or None)`` in execution order.
-
-    Lazy: a caller that runs each stage before asking for the next sees the store as it is
-    then; a stage planned to run makes every stage downstream of it run too.
-    """
+    """``(stage, fingerprint, why it runs or None)`` in execution order; a stage planned to
+    run makes every stage downstream of it run too."""
     fingerprints = fingerprints or stage_fingerprints(spec)
     rerun: set[str] = set()
     for stage in execution_order(spec):
@@ -96,33 +198,63 @@ def plan(
 
 def _run_stages(
     spec: PipelineSpec, store: RunStore, force: set[str], fingerprints: dict[str, str]
-) -> None:
+) -> set[str]:
+    ran = set()
     for stage, fp, reason in plan(spec, store, force, fingerprints):
         if reason is None:
             print(f"[{stage.name}] up to date, skipped")
             continue
         print(f"[{stage.name}] running: {reason}", flush=True)
         _run_stage(stage, store, fp, stage.upstream())
+        ran.add(stage.name)
+    return ran
 
 
-def print_plan(spec: PipelineSpec, force: tuple[str, ...] = ()) -> None:
-    """What ``run`` would do, stage by stage, without running or locking anything."""
-    for stage, _, reason in plan(spec, RunStore(Path(spec.workdir)), force):
-        print(f"{stage.name:<16} {'run ' if reason else 'skip'}  {reason or 'up to date'}")
+def plan_pipeline(spec: PipelineSpec, force: tuple[str, ...] = ()) -> list[StageResult]:
+    """What ``run`` would do, stage by stage, after the same checks, without running, writing
+    or locking anything."""
+    raise_problems(workdir_problems(spec, create=False))
+    store = RunStore(Path(spec.workdir))
+    try:
+        _, planned = _prepare(spec, store, force)
+    finally:
+        shutdown_ray()
+    return _results(store, planned, ran=set())
+
+
+def print_plan(results: list[StageResult]) -> None:
+    for result in results:
+        reason = result.reason or "up to date"
+        print(f"{result.name:<16} {'run ' if result.reason else 'skip'}  {reason}")
+
+
+def _shown(metrics: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    )
 
 
 def print_status(workdir: Path) -> None:
-    """A table of the stages recorded in ``workdir``."""
+    """A table of the stages recorded in ``workdir``, their notes, and the last
+    ``--if-changed`` check when it failed."""
+    store = RunStore(workdir)
+    states = store.states()
+    last_check = (store.checks() or [None])[-1]
+    if not states and last_check is None:
+        raise UserError(f"{workdir}: no stage has run here")
     print(f"{'stage':<16} {'status':<11} {'seconds':>8}  {'ended':<25} metrics / error")
-    for name, state in RunStore(workdir).states().items():
-        metrics = state.get("metrics", {})
-        detail = state.get("error") or ", ".join(
-            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)
-        )
+    for name, state in states.items():
+        detail = state.get("error") or _shown(state.get("metrics", {}))
         print(
             f"{name:<16} {state.get('status', '?'):<11} {state.get('seconds', ''):>8}  "
             f"{state.get('ended', ''):<25} {detail}"
         )
+        for note in _notes(state.get("type", ""), state.get("metrics", {}), store.stage_dir(name)):
+            print(f"{'':<16} {note}")
+    if last_check and last_check.get("error"):
+        print(f"last --if-changed check {last_check['time']} failed: {last_check['error']}")
 
 
 def _why_run(
@@ -153,21 +285,30 @@ def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str,
         workdir=store.workdir,
         run_id=fp[:12],
     )
-    state = {"status": "running", "fingerprint": fp, "type": stage.type, "started": now()}
+    state = {
+        "status": "running",
+        "fingerprint": fp,
+        "type": stage.type,
+        "started": now(),
+        "config": stage.model_dump(mode="json"),
+    }
     store.record(stage.name, state)
     began = time.perf_counter()
     try:
-        metrics = STAGE_TYPES[stage.type].run(stage, context)
+        metrics = STAGE_TYPES[stage.type].runner()(stage, context)
     except KeyboardInterrupt:
         store.record(stage.name, {**state, "status": "interrupted", "ended": now()})
         raise
     except BaseException as error:
-        failed = {**state, "status": "failed", "ended": now(), "error": f"{error}"}
+        message = _error_line(error)
+        failed = {**state, "status": "failed", "ended": now(), "error": message}
+        if not isinstance(error, UserError):  # a bug or a crash: keep its traceback
+            failed["traceback"] = traceback.format_exc()
         store.record(stage.name, failed)
         if isinstance(error, UserError):
             raise
-        traceback.print_exc()
-        raise UserError(f"stage {stage.name!r} failed: {type(error).__name__}: {error}") from None
+        where = store.stage_dir(stage.name) / STATE_FILE
+        raise UserError(f"stage {stage.name!r} failed: {message} (traceback in {where})") from error
     state |= {
         "status": "succeeded",
         "ended": now(),
@@ -178,12 +319,11 @@ def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str,
     print(f"[{stage.name}] done in {state['seconds']} s", flush=True)
 
 
-def _print_summary(spec: PipelineSpec, store: RunStore) -> None:
-    print(f"\n{spec.name}: all {len(spec.stages)} stages succeeded")
-    for stage in execution_order(spec):
-        state = store.state(stage.name) or {}
-        metrics = state.get("metrics", {})
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"  {stage.name:<10} {state.get('seconds', 0):>7} s  {shown}")
-        for output in STAGE_TYPES[stage.type].outputs:
-            print(f"             {store.stage_dir(stage.name) / output}")
+def _print_summary(spec: PipelineSpec, results: list[StageResult]) -> None:
+    ran = sum(result.ran for result in results)
+    print(f"\n{spec.name}: all {len(results)} stages succeeded ({ran} ran now)")
+    for result in results:
+        seconds = result.state.get("seconds", 0)
+        print(f"  {result.name:<10} {seconds:>7} s  {_shown(result.metrics)}")
+        for line in [*map(str, result.outputs), *result.notes]:
+            print(f"             {line}")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .compose import compose
-from .errors import Problem, SpecError, did_you_mean
+from .errors import SPEC_EXIT, Problem, SpecError, did_you_mean
 from .stages import STAGE_TYPES, StageConfig
-from .yaml_source import KeyPath, YamlDocument
+from .yaml_source import KeyPath, YamlDocument, format_path
 
 AnyStage = Annotated[
     typing.Union[tuple(t.config for t in STAGE_TYPES.values())],  # noqa: UP007
@@ -28,12 +29,27 @@ AnyStage = Annotated[
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    workdir: str = Field(description="stage outputs go to <workdir>/<stage>/")
-    stages: list[AnyStage] = Field(min_length=1)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the pipeline's name, shown in summaries, checks and reports",
+    )
+    workdir: str = Field(
+        description="stage outputs go to <workdir>/<stage>/; a path every node sees on a cluster"
+    )
+    stages: list[AnyStage] = Field(min_length=1, description="the stages, in any order")
+    _source: YamlDocument | None = PrivateAttr(None)
 
     def stage(self, name: str) -> StageConfig:
         return next(s for s in self.stages if s.name == name)
+
+    def problem(self, path: KeyPath, message: str, exit_code: int = SPEC_EXIT) -> Problem:
+        """A problem at ``path`` (e.g. ``("stages", 0, "source", "path")``), at the place in
+        the files or ``--set`` arguments that set it when the spec was loaded from them."""
+        if self._source is None:
+            return Problem(self.name, 0, 0, format_path(path), message, exit_code)
+        if names := self._source.defaulted.get(path):
+            message += f" ({', '.join(names)} not set, so the spec's default was used)"
+        return replace(self._source.problem(path, message), exit_code=exit_code)
 
 
 def _union_members(annotation: Any) -> tuple[Any, ...]:
@@ -52,23 +68,113 @@ def _tag_of(model: type[BaseModel]) -> set[str]:
     return tags
 
 
-def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    """Field names of the model that the mapping at ``loc`` is validated against."""
+def _candidates(loc: tuple[str | int, ...]) -> tuple[Any, ...]:
+    """The annotations that the value at ``loc`` is validated against (union tags skipped)."""
     candidates: tuple[Any, ...] = (PipelineSpec,)
     for part in loc:
         models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        lists = [c for c in candidates if typing.get_origin(c) is list]
-        if isinstance(part, int) and lists:
-            candidates = _union_members(typing.get_args(lists[0])[0])
+        sequences = [c for c in candidates if typing.get_origin(c) in (list, tuple)]
+        if isinstance(part, int) and sequences:
+            args = typing.get_args(sequences[0])
+            candidates = _union_members(args[min(part, len(args) - 1)] if args else Any)
         elif models and any(part in m.model_fields for m in models):
             model = next(m for m in models if part in m.model_fields)
             candidates = _union_members(model.model_fields[part].annotation)
         elif models and any(part in _tag_of(m) for m in models):
             candidates = tuple(m for m in models if part in _tag_of(m))
         else:
-            return []
-    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+            return ()
+    return candidates
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the model that the mapping at ``loc`` is validated against."""
+    models = [c for c in _candidates(loc) if isinstance(c, type) and issubclass(c, BaseModel)]
     return list(models[0].model_fields) if len(models) == 1 else []
+
+
+_WORDS: dict[Any, tuple[str, str]] = {
+    int: ("a whole number", "whole numbers"),
+    float: ("a number", "numbers"),
+    bool: ("true or false", "true/false values"),
+    str: ("a string", "strings"),
+}
+
+
+def describe(annotation: Any) -> str:
+    """An annotation in the user's words: ``list[float]`` → "a list of numbers"."""
+    members = [m for m in _union_members(annotation) if m is not type(None)]
+    if len(members) != 1:
+        return " or ".join(dict.fromkeys(describe(m) for m in members)) or "null"
+    (annotation,) = members
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:  # a type with bounds or validators: the type's words
+        return describe(args[0])
+    if annotation in _WORDS:
+        return _WORDS[annotation][0]
+    if origin is typing.Literal:
+        return str(args[0]) if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
+    if origin in (list, tuple):
+        items = [a for a in args if a is not Ellipsis]
+        word = _WORDS.get(items[0], ("", "values"))[1] if items else "values"
+        if items and describe(items[0]).startswith("a mapping"):
+            word = "mappings"
+        fixed = origin is tuple and Ellipsis not in args
+        return f"a list of {len(args)} {word}" if fixed else f"a list of {word}"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return "a mapping (key: value)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return repr(value)
+
+
+def _expected(loc: tuple[str | int, ...], value: Any) -> str:
+    wanted = [describe(c) for c in _candidates(loc) if c is not type(None)]
+    what = " or ".join(dict.fromkeys(wanted)) if wanted else "another kind of value"
+    return f"expected {what}, got {_kind_of(value)}"
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# The spec's name patterns in words.
+_PATTERNS = {
+    r"^[a-z][a-z0-9_]*$": "lowercase letters, digits and _, starting with a letter",
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$": "letters, digits, _ . and -, starting with a letter or digit",
+    r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_@]+$": "<probe stage>.<metric>, e.g. probe.top1",
+}
+
+
+# pydantic's error types → the user's words (``e``: pydantic's error dict).
+def _bound(words: str, key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda e: f"must be {words} {_number(e['ctx'][key])}, got {e['input']!r}"
+
+
+_MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "greater_than": _bound("greater than", "gt"),
+    "greater_than_equal": _bound("at least", "ge"),
+    "less_than": _bound("less than", "lt"),
+    "less_than_equal": _bound("at most", "le"),
+    "too_short": lambda e: f"needs at least {e['ctx']['min_length']} item(s)",
+    "too_long": lambda e: f"takes at most {e['ctx']['max_length']} item(s)",
+    "finite_number": lambda e: f"expected a finite number, got {e['input']!r}",
+    "string_pattern_mismatch": lambda e: (
+        f"{e['input']!r} must be {_PATTERNS.get(e['ctx']['pattern'], e['ctx']['pattern'])}"
+    ),
+    "int_from_float": lambda e: f"expected a whole number, got {e['input']!r}",
+}
+_TYPE_ERRORS = {
+    "int_parsing", "int_type", "float_parsing", "float_type", "bool_parsing", "bool_type",
+    "string_type", "list_type", "tuple_type", "dict_type", "model_type",
+    "model_attributes_type", "literal_error", "enum",
+}  # fmt: skip
 
 
 def _document_path(doc: YamlDocument, loc: tuple[str | int, ...]) -> KeyPath:
@@ -100,8 +206,14 @@ def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
         if not hint and allowed:
             message += f" (allowed keys: {', '.join(sorted(allowed))})"
         return doc.problem(path, message)
+    if kind == "missing" and isinstance(path[-1], int):  # a fixed-length list too short
+        return doc.problem(path[:-1], _expected(loc[:-1], error["input"]))
     if kind == "missing":
         return doc.problem(path, f"missing required key {str(path[-1])!r}")
+    if kind == "union_tag_not_found":
+        tag_key = error["ctx"]["discriminator"].strip("'")
+        allowed = ", ".join(sorted(_tags(loc)))
+        return doc.problem(path, f"missing required key {tag_key!r} (one of: {allowed})")
     if kind == "union_tag_invalid":
         tag_key = error["ctx"]["discriminator"].strip("'")
         allowed = [t.strip("' ") for t in error["ctx"]["expected_tags"].split(",")]
@@ -109,7 +221,16 @@ def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
     if kind == "literal_error":
         allowed = [t.strip("' ") for t in error["ctx"]["expected"].replace(" or ", ",").split(",")]
         return doc.problem(path, _not_allowed(error["input"], allowed))
+    if kind in _MESSAGES:
+        return doc.problem(path, _MESSAGES[kind](error))
+    if kind in _TYPE_ERRORS:
+        return doc.problem(path, _expected(loc, error["input"]))
     return doc.problem(path, error["msg"].removeprefix("Value error, "))
+
+
+def _tags(loc: tuple[str | int, ...]) -> set[str]:
+    models = [c for c in _candidates(loc) if isinstance(c, type) and issubclass(c, BaseModel)]
+    return set().union(*(_tag_of(m) for m in models)) if models else set()
 
 
 def _not_allowed(value: Any, allowed: list[str]) -> str:
@@ -187,6 +308,19 @@ def execution_order(spec: PipelineSpec) -> list[StageConfig]:
     return order
 
 
+def force_problems(doc: YamlDocument, force: Sequence[str]) -> list[Problem]:
+    """``--force STAGE`` arguments that name no stage of the spec."""
+    stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
+    names = [s["name"] for s in stages or () if isinstance(s, dict) and "name" in s]
+    known = ", ".join(map(str, names))
+    return [
+        Problem(f"--force {name}", 0, 0, "", f"no stage named {name!r}{hint} (stages: {known})")
+        for name in force
+        if name not in names
+        for hint in [did_you_mean(name, map(str, names))]
+    ]
+
+
 def validate_document(doc: YamlDocument, problems: Sequence[Problem] = ()) -> PipelineSpec:
     """The validated spec, or ``SpecError`` with ``problems`` and every problem found here."""
     problems = [*problems, *graph_problems(doc)]
@@ -197,12 +331,19 @@ def validate_document(doc: YamlDocument, problems: Sequence[Problem] = ()) -> Pi
         problems += [_problem_from_pydantic(doc, e) for e in error.errors()]
     if problems or spec is None:
         raise SpecError(problems)
+    spec._source = doc
     return spec
 
 
-def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> PipelineSpec:
-    """Compose (``extends``, ``${VAR}``, ``--set``) and validate a spec.
+def load_spec(
+    source: Path | str | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    force: Sequence[str] = (),
+) -> PipelineSpec:
+    """Compose (``extends``, ``${VAR}``, ``--set``) and validate a spec (a file, or the spec as
+    Python data), and check that ``force`` names its stages.
 
     Raises ``SpecError`` listing every problem.
     """
-    return validate_document(*compose(path, overrides))
+    doc, problems = compose(source, overrides)
+    return validate_document(doc, [*problems, *force_problems(doc, force)])

@@ -1,15 +1,23 @@
-"""``sslpipe submit``: run a spec on a Ray cluster as a Ray Job (Ray's Job Submission API).
+"""``sslpipe submit`` and ``sslpipe job``: run a spec on a Ray cluster as a Ray Job (Ray's Job
+Submission API), with ``ray job submit``'s conventions.
 
-The spec is validated here first, with the same overrides, so an invalid spec fails before
-anything is sent. The job's entrypoint is ``sslpipe run SPEC --set …``; the project folder
-travels as the job's ``working_dir`` (specs, ``extends`` bases), while the code that runs is
-the ``sslpipe`` installed on the cluster's nodes (``deploy/Dockerfile``). Inside the job Ray
-sets ``RAY_ADDRESS``, so ``sslpipe run`` joins the cluster instead of starting its own Ray.
+The cluster's address is ``--address``, else ``RAY_API_SERVER_ADDRESS``, else
+``RAY_ADDRESS``: the dashboard's URL (``http://HEAD:8265``; a bare ``HEAD:8265`` means the
+same). The spec is validated here first, with the same overrides, so an invalid spec fails
+before anything is sent; what depends on the cluster (data paths, GPUs) is checked by the
+job itself, before any stage starts. The job's entrypoint is ``sslpipe run SPEC --set …``;
+the project folder travels as the job's ``working_dir`` (specs, ``extends`` bases), while
+the code that runs is the ``sslpipe`` installed on the cluster's nodes
+(``deploy/Dockerfile``). Inside the job Ray sets ``RAY_ADDRESS``, so ``sslpipe run`` joins
+the cluster instead of starting its own Ray. ``submit`` waits for the job and streams its
+logs (``wait=False``: returns once it is submitted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shlex
 import sys
 import time
@@ -18,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from .errors import UsageError, UserError
 from .spec import load_spec
 
 if TYPE_CHECKING:
@@ -37,12 +45,42 @@ WORKING_DIR_EXCLUDES = [
 ]
 
 
-def _job_entrypoint(spec: Path, overrides: Sequence[str]) -> str:
-    """The shell command the job runs: ``sslpipe run SPEC --set A=B …``, quoted."""
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d+$")
+
+
+def cluster_address(address: str | None) -> str:
+    """The dashboard URL to talk to: ``address``, else the first variable of
+    ``ADDRESS_VARIABLES`` that is set; a bare ``host:port`` becomes ``http://host:port``."""
+    source = "--address"
+    if not address:
+        source, address = next(
+            ((name, os.environ[name]) for name in ADDRESS_VARIABLES if os.environ.get(name)),
+            ("", ""),
+        )
+    if not address:
+        raise UsageError(
+            "no cluster address: give --address http://HEAD:8265 (the Ray dashboard), or set "
+            "RAY_API_SERVER_ADDRESS"
+        )
+    if address.startswith("ray://"):
+        raise UsageError(
+            f"{source} {address}: that is a Ray Client address; jobs go to the dashboard, "
+            "e.g. http://HEAD:8265"
+        )
+    if _HOST_PORT.match(address):
+        return f"http://{address}"
+    if not address.startswith(("http://", "https://")):
+        raise UsageError(f"{source} {address}: expected the dashboard's URL, e.g. http://HEAD:8265")
+    return address
+
+
+def _job_entrypoint(spec: Path, overrides: Sequence[str], options: Sequence[str]) -> str:
+    """The shell command the job runs: ``sslpipe run SPEC --set A=B … OPTIONS``, quoted."""
     words = ["sslpipe", "run", spec.as_posix()]
     for override in overrides:
         words += ["--set", override]
-    return shlex.join(words)
+    return shlex.join([*words, *options])
 
 
 def _relative_spec(spec: Path, working_dir: Path) -> Path:
@@ -69,7 +107,10 @@ def _cluster_errors(address: str) -> Iterator[None]:
         reason = " ".join(str(error).split())
         raise UserError(f"no Ray dashboard at {address}: {reason}") from None
     except (RuntimeError, ValueError) as error:
-        raise UserError(f"{address}: {' '.join(str(error).split())}") from None
+        reason = " ".join(str(error).split())
+        if "does not exist" in reason:  # a job id that the cluster does not know
+            raise UsageError(f"{address}: {reason}") from None
+        raise UserError(f"{address}: {reason}") from None
 
 
 def _warn_if_workdir_is_relative(workdir: str) -> None:
@@ -82,31 +123,71 @@ def _warn_if_workdir_is_relative(workdir: str) -> None:
 
 
 def submit(
-    spec: Path, overrides: Sequence[str], *, address: str, working_dir: Path, follow: bool
-) -> None:
-    """Validate ``spec``, submit it as a Ray Job, print its id; with ``follow``, stream its logs.
+    spec: Path,
+    overrides: Sequence[str],
+    *,
+    address: str | None,
+    working_dir: Path,
+    wait: bool = True,
+    force: Sequence[str] = (),
+    run_options: Sequence[str] = (),
+) -> str:
+    """Validate ``spec``, submit it as a Ray Job and print its id; with ``wait``, stream its
+    logs until it ends. ``run_options`` are added to the job's ``sslpipe run`` (e.g.
+    ``--if-changed``). Returns the job id.
 
     Raises ``SpecError`` (nothing sent) for an invalid spec and ``UserError`` for a cluster
-    that cannot be reached or refuses the job or, with ``follow``, a job that did not succeed.
+    that cannot be reached or refuses the job or, with ``wait``, a job that did not succeed.
     """
-    from ray.job_submission import JobSubmissionClient
-
-    pipeline = load_spec(spec, overrides)
-    entrypoint = _job_entrypoint(_relative_spec(spec, working_dir), overrides)
+    pipeline = load_spec(spec, overrides, force)
+    options = [*(word for stage in force for word in ("--force", stage)), *run_options]
+    entrypoint = _job_entrypoint(_relative_spec(spec, working_dir), overrides, options)
     _warn_if_workdir_is_relative(pipeline.workdir)
-    with _cluster_errors(address):
-        client = JobSubmissionClient(address)
+    url = cluster_address(address)
+    with _cluster_errors(url):
+        client = _client(url)
         job_id = client.submit_job(
             entrypoint=entrypoint,
             runtime_env={"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES},
             metadata={"sslpipe_spec": pipeline.name, "sslpipe_workdir": pipeline.workdir},
         )
         print(job_id, flush=True)
-        if follow:
-            _follow(client, job_id, address)
+        if wait:
+            follow_job(client, job_id)
+    return job_id
 
 
-def _follow(client: JobSubmissionClient, job_id: str, address: str) -> None:
+def _client(url: str) -> JobSubmissionClient:
+    """A client of the dashboard at ``url``. Ray would let ``ADDRESS_VARIABLES`` override the
+    address it is given; ``url`` has honoured them already, after ``--address``."""
+    from ray.job_submission import JobSubmissionClient
+
+    hidden = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
+    try:
+        return JobSubmissionClient(url)
+    finally:
+        os.environ.update(hidden)
+
+
+def job_command(action: str, job_id: str, address: str | None) -> None:
+    """``sslpipe job status|logs|follow|stop JOB_ID``."""
+    url = cluster_address(address)
+    with _cluster_errors(url):
+        client = _client(url)
+        if action == "status":
+            info = client.get_job_info(job_id)
+            message = f": {info.message.splitlines()[0]}" if info.message else ""
+            print(f"{job_id} {info.status.value}{message}")
+        elif action == "logs":
+            print(client.get_job_logs(job_id), end="", flush=True)
+        elif action == "follow":
+            follow_job(client, job_id)
+        else:
+            stopped = client.stop_job(job_id)
+            print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+def follow_job(client: JobSubmissionClient, job_id: str) -> None:
     """Print the job's logs as they come, then fail unless it succeeded."""
     from ray.job_submission import JobStatus
 
@@ -114,7 +195,8 @@ def _follow(client: JobSubmissionClient, job_id: str, address: str) -> None:
         asyncio.run(_print_logs(client, job_id))
     except KeyboardInterrupt:
         print(
-            f"the job keeps running; stop it with: ray job stop {job_id} --address {address}",
+            f"the job keeps running; `sslpipe job stop {job_id}` stops it, "
+            f"`sslpipe job follow {job_id}` follows it again",
             file=sys.stderr,
         )
         raise

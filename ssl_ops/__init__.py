@@ -1,79 +1,86 @@
-"""Self-supervised objectives as torch math: losses, the cross-worker gather, backbones."""
+"""Self-supervised objectives and methods as torch math: losses, the cross-worker gather,
+backbones, and the ``SSLMethod`` modules that train them.
 
-from .backbones import BACKBONES, build_backbone, projector
-from .barlow_twins import barlow_twins_loss, barlow_twins_terms
-from .dcl import dcl_abs_loss, dcl_loss, dcl_sq_loss
-from .distributed import gather_with_grad
-from .duality import (
-    dimension_contrastive_criterion,
-    sample_contrastive_criterion,
-    vicreg_ctr_loss,
-    vicreg_ctr_terms,
-    vicreg_exp_loss,
-    vicreg_exp_terms,
-)
-from .methods import METHODS, Method, get_method
-from .metrics import alignment, embedding_std, rankme, uniformity
-from .modules import (
-    BarlowTwinsLoss,
-    DCLLoss,
-    NTXentLoss,
-    PIRLLoss,
-    SpectralContrastiveLoss,
-    VICRegCtrLoss,
-    VICRegExpLoss,
-    VICRegLoss,
-    WMSELoss,
-)
-from .nt_xent import nt_xent_loss, simclr_abs_loss, simclr_sq_loss, standardize_dims
-from .pirl import JigsawHead, MemoryBank, pirl_nce_loss
-from .spectral import spectral_contrastive_loss, spectral_contrastive_terms
-from .vicreg import vicreg_loss, vicreg_terms
-from .wmse import whiten, wmse_loss
+Names are imported lazily (PEP 562), so that ``sslpipe.ssl_ops.catalog`` — the torch-free list
+of methods, backbones and optimizers a spec may name — can be read without importing torch.
+"""
 
-__all__ = [
-    "BACKBONES",
-    "METHODS",
-    "BarlowTwinsLoss",
-    "DCLLoss",
-    "JigsawHead",
-    "MemoryBank",
-    "Method",
-    "NTXentLoss",
-    "PIRLLoss",
-    "SpectralContrastiveLoss",
-    "VICRegCtrLoss",
-    "VICRegExpLoss",
-    "VICRegLoss",
-    "WMSELoss",
-    "alignment",
-    "barlow_twins_loss",
-    "barlow_twins_terms",
-    "build_backbone",
-    "dcl_abs_loss",
-    "dcl_loss",
-    "dcl_sq_loss",
-    "dimension_contrastive_criterion",
-    "embedding_std",
-    "gather_with_grad",
-    "get_method",
-    "nt_xent_loss",
-    "pirl_nce_loss",
-    "projector",
-    "rankme",
-    "sample_contrastive_criterion",
-    "simclr_abs_loss",
-    "simclr_sq_loss",
-    "spectral_contrastive_loss",
-    "spectral_contrastive_terms",
-    "standardize_dims",
-    "uniformity",
-    "vicreg_ctr_loss",
-    "vicreg_ctr_terms",
-    "vicreg_exp_loss",
-    "vicreg_exp_terms",
-    "vicreg_loss",
-    "vicreg_terms",
-    "whiten",
-    "wmse_loss",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "BACKBONES": "backbones",
+    "build_backbone": "backbones",
+    "mlp": "backbones",
+    "barlow_twins_loss": "barlow_twins",
+    "BYOL": "byol",
+    "byol_loss": "byol",
+    "cosine_momentum": "byol",
+    "momentum_update": "byol",
+    "strict_checks": "checks",
+    "barlow_twins_terms": "barlow_twins",
+    "METHODS": "catalog",
+    "MethodCard": "catalog",
+    "get_method": "catalog",
+    "dcl_loss": "dcl",
+    "dcl_abs_loss": "dcl",
+    "dcl_sq_loss": "dcl",
+    "gather_with_grad": "distributed",
+    "dimension_contrastive_criterion": "duality",
+    "sample_contrastive_criterion": "duality",
+    "vicreg_ctr_loss": "duality",
+    "vicreg_ctr_terms": "duality",
+    "vicreg_exp_loss": "duality",
+    "vicreg_exp_terms": "duality",
+    "JointEmbedding": "joint_embedding",
+    "Batch": "method",
+    "MethodOutput": "method",
+    "MethodSettings": "method",
+    "SSLMethod": "method",
+    "build_method": "method",
+    "alignment": "metrics",
+    "embedding_std": "metrics",
+    "rankme": "metrics",
+    "uniformity": "metrics",
+    "BarlowTwinsLoss": "modules",
+    "DCLLoss": "modules",
+    "NTXentLoss": "modules",
+    "PIRLLoss": "modules",
+    "SpectralContrastiveLoss": "modules",
+    "VICRegCtrLoss": "modules",
+    "VICRegExpLoss": "modules",
+    "VICRegLoss": "modules",
+    "WMSELoss": "modules",
+    "nt_xent_loss": "nt_xent",
+    "simclr_abs_loss": "nt_xent",
+    "simclr_sq_loss": "nt_xent",
+    "standardize_dims": "nt_xent",
+    "PIRL": "pirl",
+    "JigsawHead": "pirl",
+    "MemoryBank": "pirl",
+    "pirl_nce_loss": "pirl",
+    "SimSiam": "simsiam",
+    "simsiam_loss": "simsiam",
+    "spectral_contrastive_loss": "spectral",
+    "spectral_contrastive_terms": "spectral",
+    "GlobalBatchNorm": "sync_batchnorm",
+    "convert_to_global_batchnorm": "sync_batchnorm",
+    "vicreg_loss": "vicreg",
+    "vicreg_terms": "vicreg",
+    "whiten": "wmse",
+    "wmse_loss": "wmse",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

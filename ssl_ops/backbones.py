@@ -1,4 +1,5 @@
-"""Backbones by name: torchvision ResNets (optionally with the CIFAR stem) and a small CNN.
+"""Backbones by name (torchvision ResNets, optionally with the CIFAR stem, and a small CNN) and
+the MLP heads (projectors, predictors) the methods put on top of them.
 
 Every builder returns a module mapping an Nx3xHxW batch to Nxfeature_dim features
 (the classification head is replaced by the identity), so a probe or an exporter needs
@@ -8,10 +9,9 @@ nothing but ``backbone.feature_dim``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
-import torchvision
 from torch import nn
 
 
@@ -34,8 +34,10 @@ class SmallCNN(nn.Sequential):
         self.feature_dim = in_channels
 
 
-def _resnet(name: str, cifar_stem: bool) -> nn.Module:
-    model = getattr(torchvision.models, name)(weights=None)
+def _resnet(name: str, cifar_stem: bool, zero_init_residual: bool) -> nn.Module:
+    import torchvision.models  # here: importing it costs seconds a small CNN need not pay
+
+    model = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
     if cifar_stem:
         # CIFAR stem (SimCLR appendix B.9): a 3x3 stride-1 first conv and no max-pool.
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -45,28 +47,54 @@ def _resnet(name: str, cifar_stem: bool) -> nn.Module:
     return model
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": lambda cifar_stem=False: SmallCNN(),
-    "resnet18": lambda cifar_stem=False: _resnet("resnet18", cifar_stem),
-    "resnet34": lambda cifar_stem=False: _resnet("resnet34", cifar_stem),
-    "resnet50": lambda cifar_stem=False: _resnet("resnet50", cifar_stem),
+BackboneBuilder = Callable[..., nn.Module]
+
+BACKBONES: dict[str, BackboneBuilder] = {
+    "small_cnn": lambda cifar_stem=False, zero_init_residual=False: SmallCNN(),
+    **{
+        name: (
+            lambda cifar_stem=False, zero_init_residual=False, _name=name: _resnet(
+                _name, cifar_stem, zero_init_residual
+            )
+        )
+        for name in ("resnet18", "resnet34", "resnet50")
+    },
 }
 
 
-def build_backbone(name: str, *, cifar_stem: bool = False) -> nn.Module:
-    """Instantiate a registered backbone; ``module.feature_dim`` is its output width."""
+def build_backbone(
+    name: str, *, cifar_stem: bool = False, zero_init_residual: bool = False
+) -> nn.Module:
+    """Instantiate a registered backbone; ``module.feature_dim`` is its output width.
+
+    ``zero_init_residual`` starts the last batch norm of every residual block at zero, as the
+    official VICReg, Barlow Twins and SimSiam code builds its ResNets.
+    """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](cifar_stem=cifar_stem)
+    return BACKBONES[name](cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
 
 
-def projector(in_dim: int, dims: tuple[int, ...] | list[int]) -> nn.Sequential:
-    """MLP projector/expander as in VICReg: (Linear-BN-ReLU)x(k-1), then a bias-free Linear."""
+def mlp(
+    in_dim: int,
+    dims: Sequence[int],
+    *,
+    hidden_bias: bool = True,
+    last_bias: bool = False,
+    output_norm: bool = False,
+    output_affine: bool = True,
+) -> nn.Sequential:
+    """(Linear-BN-ReLU)×(k−1), then a Linear: the projector/expander of VICReg and most
+    methods (``last_bias=False`` as VICReg and Barlow Twins; BYOL's heads keep it).
+    ``output_norm`` adds a batch norm on the output (the spectral contrastive head; SimSiam's
+    projector, whose output BN has no affine parameters)."""
     widths = [in_dim, *dims]
     layers: list[nn.Module] = []
     for a, b in itertools.pairwise(widths[:-1]):
-        layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-    layers.append(nn.Linear(widths[-2], widths[-1], bias=False))
+        layers += [nn.Linear(a, b, bias=hidden_bias), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(widths[-2], widths[-1], bias=last_bias))
+    if output_norm:
+        layers.append(nn.BatchNorm1d(widths[-1], affine=output_affine))
     return nn.Sequential(*layers)
 
 

@@ -27,7 +27,9 @@ G = Z Zᵀ/(D - 1):
     loss     = λ·MSE(Z, Z') + μ·(v_ctr(Z) + v_ctr(Z'))/2 + nu·(e_ctr(Z) + e_ctr(Z'))
 
 The paper does not fix τ for these variants in its main text; τ = 0.1 is our default.
-All statistics use the global batch under torch.distributed.
+All statistics use the global batch under torch.distributed. ``loss_precision`` ("fp32", "tf32",
+"bf16") sets the precision of the DxD covariance (VICReg-exp) or NxN Gram (VICReg-ctr) GEMMs,
+as for ``vicreg_loss``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import cross_gram_sq_sum, full_precision, offdiag_logsumexp, prepare
+from ._common import (
+    check_precision,
+    cross_gram_sq_sum,
+    full_precision,
+    gram,
+    offdiag_logsumexp,
+    prepare,
+)
 from .checks import check_finite
 from .distributed import gather_with_grad
 from .vicreg import covariance_matrix, variance_term
@@ -74,15 +83,21 @@ def _weighted(
 
 @full_precision
 def vicreg_exp_terms(
-    z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, eps: float = 1e-4
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    eps: float = 1e-4,
+    loss_precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """Unweighted invariance, variance and exp-covariance terms of VICReg-exp."""
+    check_precision("vicreg_exp_loss", loss_precision)
     z1, z2 = prepare("vicreg_exp_loss", z1, z2)
     if z1.shape[1] < 2:
         raise ValueError("vicreg_exp_loss: needs D >= 2 (each row needs an off-diagonal entry)")
 
     def exp_term(z: torch.Tensor) -> torch.Tensor:
-        return offdiag_logsumexp(covariance_matrix(z) / temperature).mean()
+        return offdiag_logsumexp(covariance_matrix(z, loss_precision) / temperature).mean()
 
     return {
         "invariance": F.mse_loss(z1, z2),
@@ -93,20 +108,26 @@ def vicreg_exp_terms(
 
 @full_precision
 def vicreg_ctr_terms(
-    z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1, eps: float = 1e-4
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    eps: float = 1e-4,
+    loss_precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """Unweighted invariance, norm-variance and exp-Gram terms of VICReg-ctr."""
+    check_precision("vicreg_ctr_loss", loss_precision)
     z1, z2 = prepare("vicreg_ctr_loss", z1, z2)
     if z1.shape[1] < 2:
         raise ValueError("vicreg_ctr_loss: needs D >= 2 (the Gram matrix is divided by D - 1)")
 
-    def gram(z: torch.Tensor) -> torch.Tensor:
-        return z @ z.T / (z.shape[1] - 1)
+    def sample_gram(z: torch.Tensor) -> torch.Tensor:
+        return gram(z.T, loss_precision) / (z.shape[1] - 1)
 
     def norm_term(g: torch.Tensor) -> torch.Tensor:
         return F.relu(1.0 - torch.sqrt(g.diagonal() + eps)).mean()
 
-    g1, g2 = gram(z1), gram(z2)
+    g1, g2 = sample_gram(z1), sample_gram(z2)
     return {
         "invariance": F.mse_loss(z1, z2),
         "variance": (norm_term(g1) + norm_term(g2)) / 2,
@@ -124,10 +145,13 @@ def vicreg_exp_loss(
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
     eps: float = 1e-4,
+    loss_precision: str = "fp32",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg-exp loss (module docstring); ``return_terms`` adds the unweighted terms."""
-    terms = vicreg_exp_terms(z1, z2, temperature=temperature, eps=eps)
+    terms = vicreg_exp_terms(
+        z1, z2, temperature=temperature, eps=eps, loss_precision=loss_precision
+    )
     loss = _weighted(terms, sim_coeff, std_coeff, cov_coeff)
     return (loss, terms) if return_terms else loss
 
@@ -141,9 +165,12 @@ def vicreg_ctr_loss(
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
     eps: float = 1e-4,
+    loss_precision: str = "fp32",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg-ctr loss (module docstring); ``return_terms`` adds the unweighted terms."""
-    terms = vicreg_ctr_terms(z1, z2, temperature=temperature, eps=eps)
+    terms = vicreg_ctr_terms(
+        z1, z2, temperature=temperature, eps=eps, loss_precision=loss_precision
+    )
     loss = _weighted(terms, sim_coeff, std_coeff, cov_coeff)
     return (loss, terms) if return_terms else loss

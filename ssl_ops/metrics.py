@@ -8,6 +8,11 @@
 
       p_k = s_k/‖s‖₁ + ε,      RankMe(Z) = exp(-Σ_k p_k log p_k),   ε = 1e-7
 
+  The s_k are the square roots of the eigenvalues of the smaller Gram matrix, ZᵀZ (DxD) or ZZᵀ
+  (NxN): one GEMM and a symmetric eigensolver instead of an SVD of the NxD matrix. Both run in
+  float64: a float32 Gram puts a noise floor of about sqrt(2⁻²³)·s_max ≈ 3·10⁻⁴·s_max under
+  every singular value, which would lift the RankMe of a low-rank embedding.
+
 - Alignment and uniformity, Wang & Isola, "Understanding Contrastive Representation Learning
   through Alignment and Uniformity on the Hypersphere", ICML 2020, eq. (4)-(5), on unit vectors:
 
@@ -36,9 +41,11 @@ def embedding_std(z: torch.Tensor) -> dict[str, torch.Tensor]:
 def rankme(z: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
     """RankMe effective rank of the NxD embedding matrix (between 1 and min(N, D))."""
     (z,) = prepare("rankme", z, min_batch=1)
-    sigma = torch.linalg.svdvals(z)
+    z64 = z.double()
+    gram = z64.T @ z64 if z.shape[1] <= z.shape[0] else z64 @ z64.T
+    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     p = sigma / sigma.sum().clamp_min(torch.finfo(sigma.dtype).tiny) + eps
-    return torch.exp(-(p * p.log()).sum())
+    return torch.exp(-(p * p.log()).sum()).to(z.dtype)
 
 
 @full_precision

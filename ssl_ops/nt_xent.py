@@ -15,6 +15,16 @@ section 5). With ``standardize_dims=True`` each view is first standardised along
 (Garrido et al.): every column is centred and scaled to norm sqrt(N/D), so that the rows have
 mean squared norm 1, before the rows are L2-normalised as above.
 
+Scale. The loss above is the mean over all M = d·N anchors (solo-learn's
+``simclr_loss_func``). The official code (google-research/simclr, ``tf2/objective.py``
+``add_contrastive_loss``) returns ``reduce_mean(loss_a + loss_b)``: the SUM of the two
+directions, averaged over the N images, i.e. d = 2 times our value; its hyperparameters were
+tuned at that scale (with LARS it matters for the weight decay relative to the gradient, the
+parameters excluded from the adaptation, and optimizers other than LARS, where weight decay is
+added to that loss in ``tf2/model.py``). ``reduction="view_sum"`` gives it:
+
+    loss = 1/N Σ_i Σ_{v=1..d} L_{(v,i)}  =  d · (mean over anchors)
+
 Both log-sums are evaluated with log-sum-exp in float32 (float64 kept), autocast disabled;
 every rank computes the loss over all M anchors of the global batch.
 """
@@ -26,6 +36,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._common import full_precision, l2_normalize, masked_logsumexp, prepare
+
+# ``reduction`` -> factor on the mean over anchors, given the number of views d.
+REDUCTIONS: dict[str, Callable[[int], int]] = {"mean": lambda d: 1, "view_sum": lambda d: d}
 
 NEGATIVE_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda c: c,
@@ -82,9 +95,12 @@ def _nt_xent(
     temperature: float,
     negative_transform: str,
     standardize: bool,
+    reduction: str,
     return_terms: bool,
     name: str,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {sorted(REDUCTIONS)}")
     sim = ContrastiveLogits(
         name,
         views,
@@ -94,7 +110,7 @@ def _nt_xent(
     )
     positive = masked_logsumexp(sim.logits, sim.positive).mean()
     partition = masked_logsumexp(sim.logits, sim.not_self).mean()
-    loss = partition - positive
+    loss = (partition - positive) * REDUCTIONS[reduction](len(views))
     terms = {"positive_logit": positive.detach(), "log_partition": partition.detach()}
     return (loss, terms) if return_terms else loss
 
@@ -104,14 +120,19 @@ def nt_xent_loss(
     *,
     temperature: float = 0.1,
     standardize: bool = False,
+    reduction: str = "mean",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SimCLR's NT-Xent over a list of NxD views (module docstring for the formula)."""
+    """SimCLR's NT-Xent over a list of NxD views (module docstring for the formula).
+
+    ``reduction``: "mean" over the d·N anchors, or "view_sum" (d times it), the official scale.
+    """
     return _nt_xent(
         views,
         temperature=temperature,
         negative_transform="none",
         standardize=standardize,
+        reduction=reduction,
         return_terms=return_terms,
         name="nt_xent_loss",
     )
@@ -122,6 +143,7 @@ def simclr_abs_loss(
     *,
     temperature: float = 0.1,
     standardize: bool = False,
+    reduction: str = "mean",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SimCLR-abs: negatives enter the log-sum-exp as |c_ab|/τ."""
@@ -130,6 +152,7 @@ def simclr_abs_loss(
         temperature=temperature,
         negative_transform="abs",
         standardize=standardize,
+        reduction=reduction,
         return_terms=return_terms,
         name="simclr_abs_loss",
     )
@@ -140,6 +163,7 @@ def simclr_sq_loss(
     *,
     temperature: float = 0.1,
     standardize: bool = False,
+    reduction: str = "mean",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SimCLR-sq: negatives enter the log-sum-exp as c_ab²/τ."""
@@ -148,6 +172,7 @@ def simclr_sq_loss(
         temperature=temperature,
         negative_transform="square",
         standardize=standardize,
+        reduction=reduction,
         return_terms=return_terms,
         name="simclr_sq_loss",
     )

@@ -1,7 +1,8 @@
 """Optimizers and the learning-rate schedule used for pretraining.
 
 LARS (You et al., 2017, https://arxiv.org/abs/1708.03888) as in the official VICReg/Barlow
-code: momentum 0.9, trust coefficient η = 0.001; biases and normalization parameters
+code (``LARS`` in facebookresearch/vicreg ``main_vicreg.py`` and facebookresearch/barlowtwins
+``main.py``): momentum 0.9, trust coefficient η = 0.001; biases and normalization parameters
 (every parameter with ndim ≤ 1) get neither weight decay nor the trust-ratio adaptation.
 """
 
@@ -36,36 +37,66 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One step per parameter group with multi-tensor (``torch._foreach_*``) kernels, the
+        trust ratios computed on the device (no host sync); the math is the official loop's."""
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if not group["lars_exclude"]:
-                    update = update.add(p, alpha=group["weight_decay"])
-                    param_norm, update_norm = torch.norm(p), torch.norm(update)
-                    trust = torch.where(
-                        (param_norm > 0) & (update_norm > 0),
-                        group["eta"] * param_norm / update_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    update = update.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                trust = torch.where(
+                    (param_norms > 0) & (update_norms > 0),
+                    group["eta"] * param_norms / update_norms,
+                    torch.ones_like(param_norms),
+                )
+                torch._foreach_mul_(updates, list(trust.unbind()))
+            buffers = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(group["momentum"]).add_(update)
-                p.add_(buffer, alpha=-group["lr"])
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weights decay; biases and norm parameters (ndim ≤ 1) do not, and skip LARS adaptation."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-    ]
+def _parameter_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    decay_bias_and_norm: bool = False,
+    fixed_lr: Iterable[torch.Tensor] = (),
+) -> list[dict]:
+    """Weights decay; biases and norm parameters (ndim ≤ 1) skip LARS adaptation and, unless
+    ``decay_bias_and_norm`` (SimSiam, W-MSE, spectral: their official optimizers decay every
+    parameter), weight decay too. Parameters in ``fixed_lr`` get groups of their own, marked
+    ``fixed_lr`` for the scheduler (SimSiam's predictor, ``--fix-pred-lr``)."""
+    fixed = {id(p) for p in fixed_lr}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = []
+    for is_fixed in (False, True):
+        params = [p for p in trainable if (id(p) in fixed) == is_fixed]
+        if not params:
+            continue
+        groups += [
+            {
+                "params": [p for p in params if p.ndim > 1],
+                "weight_decay": weight_decay,
+                "fixed_lr": is_fixed,
+            },
+            {
+                "params": [p for p in params if p.ndim <= 1],
+                "weight_decay": weight_decay if decay_bias_and_norm else 0.0,
+                "lars_exclude": True,
+                "fixed_lr": is_fixed,
+            },
+        ]
+    return groups
 
 
 def _without_lars_flags(groups: list[dict]) -> list[dict]:
@@ -87,14 +118,21 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     bias_lr: float | None = None,
+    decay_bias_and_norm: bool = False,
+    fixed_lr: Iterable[torch.Tensor] = (),
 ) -> torch.optim.Optimizer:
-    """Optimizer over weight / bias-and-norm groups; ``bias_lr`` gives the latter their own lr
-    (Barlow Twins trains biases and BN parameters at 0.0048 against 0.2 for weights)."""
+    """Optimizer over weight / bias-and-norm groups (``_parameter_groups``); ``bias_lr`` gives
+    the latter their own lr (Barlow Twins trains biases and BN parameters at 0.0048 against 0.2
+    for weights)."""
     if name not in OPTIMIZERS:
         raise KeyError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    groups = _parameter_groups(model, weight_decay)
+    groups = _parameter_groups(
+        model, weight_decay, decay_bias_and_norm=decay_bias_and_norm, fixed_lr=fixed_lr
+    )
     if bias_lr is not None:
-        groups[1]["lr"] = bias_lr
+        for group in groups:
+            if group.get("lars_exclude"):
+                group["lr"] = bias_lr
     return OPTIMIZERS[name](groups, lr)
 
 
@@ -104,3 +142,11 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, end_factor: fl
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return end_factor + (1 - end_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_step_decay(step: int, warmup_steps: int, drop_steps: list[int], factor: float) -> float:
+    """LR multiplier: linear warmup from 0, then ×``factor`` at each of ``drop_steps`` (W-MSE's
+    official ``MultiStepLR`` schedule, htdt/self-supervised train.py)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return factor ** sum(step >= drop for drop in drop_steps)

@@ -10,7 +10,11 @@ semantics of the official ``main_vicreg.py``:
     loss       = λ·s + μ·(v(Z) + v(Z'))/2 + nu·(c(Z) + c(Z'))
 
 All three terms use the global batch when torch.distributed runs with several processes.
-The covariance term costs one DxD matmul per branch.
+The covariance term costs one DxD matmul per branch forward and one backward (N·D² multiply-adds
+each, 2 × 2048 × 8192² ≈ 0.27 TFLOP per branch and step at the paper's shapes).
+``loss_precision`` sets how those GEMMs run: "fp32" (IEEE float32, TF32 off whatever the global
+setting), "tf32" (TF32 tensor cores) or "bf16" (bf16 inputs, float32 accumulation and output).
+The official code computes C under ``torch.cuda.amp.autocast``, i.e. in float16 GEMMs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import full_precision, off_diagonal, prepare
+from ._common import check_precision, full_precision, gram, off_diagonal, prepare
 
 
 def variance_term(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -27,26 +31,27 @@ def variance_term(z: torch.Tensor, eps: float) -> torch.Tensor:
     return F.relu(1.0 - std).mean()
 
 
-def covariance_matrix(z: torch.Tensor) -> torch.Tensor:
-    """C(Z) of eq. (3) with the unbiased 1/(N-1) normalisation."""
+def covariance_matrix(z: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """C(Z) of eq. (3) with the unbiased 1/(N-1) normalisation, its GEMM at ``precision``."""
     centred = z - z.mean(dim=0)
-    return centred.T @ centred / (z.shape[0] - 1)
+    return gram(centred, precision) / (z.shape[0] - 1)
 
 
-def _covariance_term(z: torch.Tensor) -> torch.Tensor:
-    return off_diagonal(covariance_matrix(z)).pow(2).sum() / z.shape[1]
+def _covariance_term(z: torch.Tensor, precision: str) -> torch.Tensor:
+    return off_diagonal(covariance_matrix(z, precision)).pow(2).sum() / z.shape[1]
 
 
 @full_precision
 def vicreg_terms(
-    z1: torch.Tensor, z2: torch.Tensor, *, eps: float = 1e-4
+    z1: torch.Tensor, z2: torch.Tensor, *, eps: float = 1e-4, loss_precision: str = "fp32"
 ) -> dict[str, torch.Tensor]:
     """The unweighted invariance, variance and covariance terms over the global batch."""
+    check_precision("vicreg_loss", loss_precision)
     z1, z2 = prepare("vicreg_loss", z1, z2)
     return {
         "invariance": F.mse_loss(z1, z2),
         "variance": (variance_term(z1, eps) + variance_term(z2, eps)) / 2,
-        "covariance": _covariance_term(z1) + _covariance_term(z2),
+        "covariance": _covariance_term(z1, loss_precision) + _covariance_term(z2, loss_precision),
     }
 
 
@@ -58,14 +63,16 @@ def vicreg_loss(
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
     eps: float = 1e-4,
+    loss_precision: str = "fp32",
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg loss of two NxD embedding batches (the official coefficients by default).
 
+    ``loss_precision`` ("fp32", "tf32", "bf16") is the precision of the covariance GEMMs.
     With ``return_terms=True`` returns ``(loss, terms)`` where ``terms`` holds the unweighted
     invariance, variance and covariance values, for logging.
     """
-    terms = vicreg_terms(z1, z2, eps=eps)
+    terms = vicreg_terms(z1, z2, eps=eps, loss_precision=loss_precision)
     loss = (
         sim_coeff * terms["invariance"]
         + std_coeff * terms["variance"]

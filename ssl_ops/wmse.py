@@ -16,6 +16,19 @@ over the d(d-1)/2 view pairs (k, l) is
 
 (``normalize=True``, the official ``norm_mse_loss``) or the plain MSE (mean over rows and
 dimensions) of the whitened vectors with ``normalize=False``.
+
+Checked against the official code (htdt/self-supervised ``methods/whitening.py``
+``Whitening2d``, ``methods/w_mse.py`` ``WMSE.forward``, ``methods/norm_mse.py``): same covariance
+(1/(m-1)), same shrinkage (1 - ε)Σ + εI with ε = 0 by default (``--w_eps``), same whitening
+matrix L⁻¹ (the official code forms it with ``solve_triangular(L, I)`` and applies it as a 1×1
+convolution; we solve against the centred rows directly, the same numbers), the same
+permutation shared by the views and loss normalisation 1/(w_iter·pairs). Differences: the
+official script runs on one GPU and permutes its own batch with the global RNG; here the
+permutation spans the gathered global batch (rank 0's draw, from ``generator`` if given). A
+sub-batch whose covariance is not positive definite raises a clear error here (the official
+``torch.linalg.cholesky`` raises too); reading that flag costs one host sync per call. The
+official head normalises all views together (its BN sees ``torch.cat`` of the views) — a
+property of the projector, not of this loss.
 """
 
 from __future__ import annotations

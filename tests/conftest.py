@@ -1,11 +1,16 @@
-"""Shared fixtures: small real data sets (synthetic and a CIFAR-10 slice) and Ray teardown."""
+"""Shared fixtures: small real data sets (synthetic and a CIFAR-10 slice) and the session's
+Ray head."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_clusters import start_head
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_TAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
@@ -32,10 +37,40 @@ def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# Logical CPUs of the shared head: a tiny run's pretrain workers and probe tasks each reserve
+# dali_threads + 1 (2 here); the tests of one pytest process run one at a time.
+SHARED_HEAD_CPUS = 8
+SHARED_HEAD_OBJECT_STORE = 512 * 2**20
+
+
+@pytest.fixture(scope="session")
+def shared_ray_head() -> Iterator[str]:
+    """One Ray head per pytest process (per xdist worker), started when a test first needs it
+    and stopped at the end of the session; yields its address.
+
+    It is a child of this process, so a test can find the Ray Train workers of its own run
+    among this process's descendants; the other xdist worker's runs are on its own head.
+    """
+    temp_dir = Path("/tmp") / f"sslray-{os.getpid()}"  # short: Ray's socket paths must fit
+    head = start_head(
+        temp_dir, num_cpus=SHARED_HEAD_CPUS, object_store_memory=SHARED_HEAD_OBJECT_STORE
+    )
+    try:
+        yield head.address
+    finally:
+        head.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture
-def ray_cleanup():
-    """Shut Ray down after a test that started it in-process, even when the test fails."""
-    yield
+def ray_cleanup(shared_ray_head: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Ray for a test that does not test Ray's own lifecycle: ``RAY_ADDRESS`` names the
+    session's head, so ``ensure_ray`` in this process and ``sslpipe run`` in a subprocess join
+    it instead of starting and stopping Ray for every run; the test's connection is closed
+    after it, even when it fails. Tests of starting, signalling and shutting down in-process Ray
+    start their own."""
+    monkeypatch.setenv("RAY_ADDRESS", shared_ray_head)
+    yield shared_ray_head
     import ray
 
     if ray.is_initialized():

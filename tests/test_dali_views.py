@@ -1,4 +1,5 @@
-"""The DALI view graph on the CPU: shapes, dtypes, independent views, reproducible seeds."""
+"""The DALI view graph on the CPU: shapes, dtypes, independent views, reproducible seeds, both
+decode modes, contrast about the image mean, plain reads instead of memory maps."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
 from sslpipe.datasets.ingest import ingest, split_shards
-from sslpipe.datasets.recipes import apply_overrides, get_recipe
+from sslpipe.datasets.loaders import LoaderConfig, build_loader
+from sslpipe.datasets.recipes import ViewRecipe, apply_overrides, get_recipe
 from sslpipe.datasets.sources import SyntheticShapesSource
 
 
@@ -20,14 +21,17 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return split_shards(out, "train")
 
 
-def _first_batch(shards: list[Path], seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _first_batch(
+    shards: list[Path], seed: int, **config
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     recipes = apply_overrides(get_recipe("vicreg"), {"size": 32})
-    loader = ViewLoader(shards, recipes, LoaderConfig(batch_size=16, seed=seed, num_threads=1))
-    return next(iter(loader))
+    config = LoaderConfig(batch_size=16, seed=seed, num_threads=1, **config)
+    return next(iter(build_loader("dali", shards, recipes, config)))
 
 
-def test_two_views_shapes_dtypes_and_labels(shards: list[Path]) -> None:
-    views, labels = _first_batch(shards, seed=1)
+@pytest.mark.parametrize("decode", ["once", "per_view"])
+def test_two_views_shapes_dtypes_and_labels(shards: list[Path], decode: str) -> None:
+    views, labels = _first_batch(shards, seed=1, decode=decode, memory_map=decode == "once")
     assert len(views) == 2
     for view in views:
         assert view.shape == (16, 3, 32, 32) and view.dtype == torch.float32
@@ -50,7 +54,7 @@ def test_same_seed_same_batch_other_seed_other_batch(shards: list[Path]) -> None
 def test_eval_view_sees_every_sample_once_without_randomness(shards: list[Path]) -> None:
     recipe = apply_overrides(get_recipe("eval"), {"size": 32})
     config = LoaderConfig(batch_size=20, shuffle=False, drop_last=False, num_threads=1)
-    passes = [list(ViewLoader(shards, recipe, config)) for _ in range(2)]
+    passes = [list(build_loader("dali", shards, recipe, config)) for _ in range(2)]
     labels = torch.cat([label for _, label in passes[0]])
     assert len(labels) == 96
     assert torch.bincount(labels).tolist() == [10, 10, 10, 10, 10, 10, 9, 9, 9, 9]
@@ -58,11 +62,23 @@ def test_eval_view_sees_every_sample_once_without_randomness(shards: list[Path])
     assert torch.equal(first, second)
 
 
-def test_ranks_split_the_data_and_yield_equal_batch_counts(shards: list[Path]) -> None:
-    recipes = apply_overrides(get_recipe("vicreg"), {"size": 32})
-    counts = []
-    for rank in range(2):
-        config = LoaderConfig(batch_size=16, shard_id=rank, num_shards=2, seed=rank)
-        loader = ViewLoader(shards, recipes, config)
-        counts.append(len(list(loader)))
-    assert counts == [3, 3]
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    return (images * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1).mean((1, 2))
+
+
+def test_contrast_is_centred_on_each_image_mean(shards: list[Path]) -> None:
+    """torchvision's contrast keeps an image's mean grey level; DALI's own centre is mid-grey,
+    which would move every image's mean by (1 − c)·(128 − mean)."""
+    plain = {"size": 16, "crop_scale": None, "flip_p": 0, "grayscale_p": 0, "blur_p": 0,
+             "mean": (0, 0, 0), "std": (1, 1, 1)}  # fmt: skip
+    jitter = {"jitter_p": 1, "brightness": 0, "contrast": 0.9, "saturation": 0, "hue": 0}
+    config = LoaderConfig(batch_size=96, shuffle=False, num_threads=1)
+    reference, contrasted = (
+        next(iter(build_loader("dali", shards, [ViewRecipe(**plain, **extra)], config)))[0][0]
+        for extra in ({"jitter_p": 0}, jitter)
+    )
+    assert (contrasted - reference).abs().mean() > 0.05, "contrast was applied"
+    moved = (_grey(contrasted) - _grey(reference)).abs()
+    off_centre = (_grey(reference) - 0.5).abs()
+    assert off_centre.mean() > 0.08  # so a mid-grey centre would show
+    assert moved.mean() < 0.01, (moved.mean(), off_centre.mean())

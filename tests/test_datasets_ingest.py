@@ -13,11 +13,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from sslpipe.datasets.dali_views import LoaderConfig, ViewLoader
-from sslpipe.datasets.ingest import MANIFEST, PARTIAL, ingest, parse_shard_size, split_shards
+from sslpipe.datasets.ingest import ingest, split_shards
+from sslpipe.datasets.layout import MANIFEST, PARTIAL, parse_shard_size
+from sslpipe.datasets.loaders import LoaderConfig, build_loader
 from sslpipe.datasets.recipes import apply_overrides, get_recipe
 from sslpipe.datasets.samples import Sample
-from sslpipe.datasets.shards import IMAGE_EXTS, decode_label
+from sslpipe.datasets.shards import IMAGE_EXTS, LABEL_EXT, decode_label
 from sslpipe.datasets.sources import (
     FileListSource,
     ImageFolderSource,
@@ -92,7 +93,7 @@ def _read_back(data_dir: Path) -> dict[str, tuple[bytes, int]]:
         for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
             assert sample["__key__"] not in found
             ext = next(e for e in IMAGE_EXTS if e in sample)
-            found[sample["__key__"]] = (sample[ext], decode_label(sample["label"]))
+            found[sample["__key__"]] = (sample[ext], decode_label(sample[LABEL_EXT]))
     return found
 
 
@@ -139,7 +140,7 @@ def test_odd_formats_are_stored_and_decode_to_rgb_with_dali(messy_ingest: Path) 
     shards = split_shards(messy_ingest, "train") + split_shards(messy_ingest, "val")
     recipe = apply_overrides(get_recipe("eval"), {"size": 16})
     config = LoaderConfig(batch_size=8, shuffle=False, drop_last=False, num_threads=1)
-    batches = list(ViewLoader(shards, recipe, config))
+    batches = list(build_loader("dali", shards, recipe, config))
     assert sum(len(labels) for _, labels in batches) == 31
     assert all(views[0].shape[1:] == (3, 16, 16) for views, _ in batches)
 
@@ -225,7 +226,9 @@ def test_every_sample_once_per_epoch_across_two_dali_ranks(tmp_path: Path) -> No
     for rank in range(2):
         config = LoaderConfig(batch_size=5, shard_id=rank, num_shards=2, shuffle=False,
                               drop_last=False, num_threads=1)  # fmt: skip
-        labels += [int(x) for _, batch in ViewLoader(shards, recipe, config) for x in batch]
+        labels += [
+            int(x) for _, batch in build_loader("dali", shards, recipe, config) for x in batch
+        ]
     assert sorted(labels) == list(range(37))
 
 
@@ -297,29 +300,36 @@ def test_cli_ingest_and_bench_loader(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["ingest", "synthetic:40", "--out", str(out), "--shard-size", "20",
                  "--workers", "1"]) == 0  # fmt: skip
     assert "40 images" in capsys.readouterr().out
-    code = main(["bench-loader", str(out), "--recipe", "vicreg_cifar", "--batch-size", "8",
-                 "--seconds", "0.2", "--threads", "1", "--json"])  # fmt: skip
-    assert code == 0
-    assert json.loads(capsys.readouterr().out)["images_per_s"] > 0
+    for backend in ("dali", "torch"):
+        code = main(["bench-loader", str(out), "--recipe", "vicreg_cifar", "--batch-size", "8",
+                     "--seconds", "0.2", "--threads", "1", "--backend", backend,
+                     "--decode", "per_view", "--json"])  # fmt: skip
+        assert code == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["backend"] == backend and result["images_per_s"] > 0
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "exit_code"),
     [
-        ["ingest", "does/not/exist", "--out", "OUT"],
-        ["ingest", "synthetic:10", "--out", "OUT", "--shard-size", "many"],
-        ["ingest", "synthetic:10", "--out", "OUT", "--val-fraction", "1.5"],
-        ["ingest", "BADTAR", "--out", "OUT"],
-        ["bench-loader", "does/not/exist"],
+        (["ingest", "does/not/exist", "--out", "OUT"], 1),
+        (["ingest", "synthetic:10", "--out", "OUT", "--shard-size", "many"], 2),
+        (["ingest", "synthetic:10", "--out", "OUT", "--val-fraction", "1.5"], 2),
+        (["ingest", "synthetic:0", "--out", "OUT"], 2),
+        (["ingest", "BADTAR", "--out", "OUT"], 1),
+        (["bench-loader", "does/not/exist"], 1),
+        (["bench-loader", "BADTAR", "--hw-decoder-load", "2"], 2),
     ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(
-    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+    argv: list[str], exit_code: int, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    """An invalid option exits 2 (a mistake in the arguments); a source or shards that are
+    not there or not readable exit 1."""
     (tmp_path / "bad.tar").write_bytes(b"\x1f\x8b" + b"\0" * 100)
     argv = [a.replace("OUT", str(tmp_path / "out")).replace("BADTAR", str(tmp_path / "bad.tar"))
             for a in argv]  # fmt: skip
-    assert main(argv) == 1
+    assert main(argv) == exit_code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()

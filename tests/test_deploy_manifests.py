@@ -29,6 +29,8 @@ DEPLOY = REPO / "deploy"
 MANIFESTS = sorted((DEPLOY / "kuberay").glob("*.yaml"))
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 LAUNCHER = yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())
+README = (DEPLOY / "README.md").read_text()
+EXAMPLES = REPO / "pipelines" / "examples"
 
 # Spec fields of KubeRay's v1 types (json tags), for the objects deploy/kuberay uses.
 RAYJOB_FIELDS = {
@@ -196,22 +198,79 @@ def test_object_store_fits_in_shared_memory() -> None:
         assert store < _memory_gb(shm["emptyDir"]["sizeLimit"])
 
 
+def _head_pod() -> dict[str, Any]:
+    return _the("RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+
+
+def _config_map_files() -> dict[str, dict[str, str]]:
+    """ConfigMap name → {key: repository file} for each ``kubectl create configmap NAME
+    --from-file=…`` command in deploy/README.md (the only way the ConfigMaps are made)."""
+    text = README.replace("\\\n", " ")
+    made: dict[str, dict[str, str]] = {}
+    for name, sources in re.findall(r"kubectl create configmap (\S+)((?: --from-file=\S+)+)", text):
+        files = {Path(f).name: f for f in re.findall(r"--from-file=(\S+)", sources)}
+        assert made.setdefault(name, files) == files, f"ConfigMap {name} is made two ways"
+    return made
+
+
+def _spec_in_repo(path: str) -> str:
+    """The repository file a job's spec path names: the image's copy (a path relative to
+    its workdir) or a file of a ConfigMap the head pod mounts."""
+    pod = _head_pod()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        config_map = volumes[mount["name"]].get("configMap")
+        if config_map and Path(path).parent == Path(mount["mountPath"]):
+            files = _config_map_files().get(config_map["name"])
+            assert files, f"deploy/README.md never creates ConfigMap {config_map['name']}"
+            assert Path(path).name in files, f"{path}: not in ConfigMap {config_map['name']}"
+            return files[Path(path).name]
+    assert not Path(path).is_absolute(), f"{path}: neither in the image nor mounted"
+    return path
+
+
 def test_every_job_runs_a_spec_of_this_repo_that_validates(monkeypatch) -> None:
-    head = _the("RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    for variable in head["env"]:  # the specs' ${SSLPIPE_…} paths, as on the cluster
+    for variable in _head_pod()["containers"][0]["env"]:  # the specs' ${SSLPIPE_…} paths
         monkeypatch.setenv(variable["name"], variable["value"])
     specs = set()
     for job in _job_specs():
         words = shlex.split(job["entrypoint"])
         assert words[:2] == ["sslpipe", "run"], job["entrypoint"]
         args = build_parser().parse_args(words[1:])  # the real CLI accepts it
-        assert (REPO / args.spec).is_file(), args.spec
-        load_spec(REPO / args.spec, args.overrides)
-        specs.add(args.spec)
+        spec = _spec_in_repo(args.spec)
+        assert (REPO / spec).is_file(), spec
+        load_spec(REPO / spec, args.overrides)
+        specs.add(spec)
     assert specs == {
         "pipelines/examples/imagenet_vicreg_resnet50.yaml",
         "pipelines/examples/retrain_nightly.yaml",
     }
+
+
+def test_nightly_jobs_read_the_spec_from_a_config_map_edited_by_the_readme_loop() -> None:
+    pod = _head_pod()
+    (head,) = pod["containers"]
+    mounted = {
+        m["mountPath"]: v["configMap"]
+        for m in head["volumeMounts"]
+        for v in pod["volumes"]
+        if v["name"] == m["name"] and "configMap" in v
+    }
+    (config_map,) = mounted.values()
+    assert config_map["optional"]  # the cluster starts before the nightly job is set up
+    nightly = [
+        shlex.split(job["entrypoint"])[2]
+        for job in _job_specs()
+        if "retrain_nightly" in job["entrypoint"]
+    ]
+    assert len(nightly) == 2 and all(Path(p).parent.as_posix() in mounted for p in nightly)
+    # The loop: edit the repository's file, validate it, apply it as the ConfigMap.
+    (source,) = _config_map_files()[config_map["name"]].values()
+    validate = README.index(f"sslpipe validate {source}")
+    apply = README.index(f"kubectl create configmap {config_map['name']} ", validate)
+    loop = README[validate:apply].splitlines()[-1] + README[apply:].split("```")[0]
+    assert f"--from-file={source}" in loop
+    assert "--dry-run=client -o yaml | kubectl apply -f -" in loop
 
 
 def test_both_nightly_schedules_run_the_same_job() -> None:
@@ -250,7 +309,7 @@ def test_image_and_versions_agree_across_dockerfile_manifests_and_launcher() -> 
     (image,) = images
     assert image.endswith(f"/sslpipe:{metadata.version('sslpipe')}")
     assert f"docker build -f deploy/Dockerfile -t {image} ." in DOCKERFILE
-    assert f"-t {image}" in (DEPLOY / "README.md").read_text()
+    assert f"-t {image}" in README
     (ray_version,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", DOCKERFILE, flags=re.MULTILINE)
     assert _the("RayCluster")["spec"]["rayVersion"] == ray_version
 
@@ -272,3 +331,81 @@ def test_image_is_cuda_runtime_and_runs_as_a_user() -> None:
     assert base.startswith("nvidia/cuda:") and "-runtime-" in base
     users = _dockerfile("USER")
     assert users and users[-1] not in ("root", "0")
+
+
+def _quantity(value: str | int | float) -> float:
+    """A Kubernetes CPU/GPU quantity: 8, "88", "500m"."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _node_groups() -> list[tuple[str, dict[str, float], int]]:
+    """(where, what one node gives Ray, how many such nodes there may be) for every node kind
+    of the KubeRay cluster and of the launcher config."""
+    cluster = _the("RayCluster")["spec"]
+    groups = [(cluster["headGroupSpec"], 1, "head")]
+    groups += [(g, g["maxReplicas"], g["groupName"]) for g in cluster["workerGroupSpecs"]]
+    found = []
+    for group, count, name in groups:
+        params = group["rayStartParams"]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        cpus = _quantity(params.get("num-cpus", limits["cpu"]))
+        gpus = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+        found.append((f"raycluster.yaml {name}", {"CPU": cpus, "GPU": gpus}, count))
+    for name, node_type in LAUNCHER["available_node_types"].items():
+        head = name == LAUNCHER["head_node_type"]
+        count = 1 if head else min(node_type.get("max_workers", LAUNCHER["max_workers"]),
+                                   LAUNCHER["max_workers"])  # fmt: skip
+        resources = {"CPU": 0, "GPU": 0, **node_type["resources"]}
+        found.append((f"ray-cluster.yaml {name}", resources, count))
+    return found
+
+
+def _worker_demand(stage: Any) -> dict[str, float]:
+    """What one worker of a pretrain or probe stage reserves: its CPUs (the stage's own
+    ``cpus_per_worker``, dali_threads + 1) and a GPU with use_gpu."""
+    return {"CPU": stage.cpus_per_worker(), "GPU": int(stage.use_gpu)}
+
+
+def _shortfalls(spec_name: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """For each pretrain/probe stage of a spec and each deploy config: why its workers do not
+    fit in the nodes that config may start (empty when they do)."""
+    spec = load_spec(EXAMPLES / spec_name, overrides)
+    configs = {where.split()[0] for where, _, _ in _node_groups()}
+    problems = []
+    for stage in spec.stages:
+        if stage.type not in ("pretrain", "probe"):
+            continue
+        need = _worker_demand(stage)
+        for config in configs:
+            capacity = [
+                count * min(int(node[r] // n) for r, n in need.items() if n)
+                for where, node, count in _node_groups()
+                if where.startswith(config)
+            ]
+            if max(capacity) < stage.num_workers:
+                problems.append(
+                    f"{spec_name} {stage.name}: {stage.num_workers} workers of {need}; "
+                    f"{config} has room for {max(capacity)}"
+                )
+    return problems
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_example_fits_what_deploy_provides(example: str, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert _shortfalls(example) == []
+
+
+def test_readme_scale_out_command_fits_the_shipped_node_cap() -> None:
+    (command,) = re.findall(
+        r"^\s*sslpipe submit (\S+) .*--set (stages\.pretrain\.num_workers=(\d+))$",
+        README,
+        flags=re.MULTILINE,
+    )
+    spec, override, workers = command
+    assert int(workers) == 32
+    assert _shortfalls(Path(spec).name, (override,)) == []
+    beyond = _shortfalls(Path(spec).name, ("stages.pretrain.num_workers=64",))
+    assert len(beyond) == 2, beyond  # 8 nodes: over the cap of both configs
+    assert "`maxReplicas`" in README and "`max_workers`" in README  # the field to raise

@@ -13,37 +13,42 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from sslpipe.pipelines.pretrain_worker import MultiViewEncoder
+from sslpipe.pipelines.exporter import run
+from sslpipe.pipelines.model_io import ModelDescription
+from sslpipe.pipelines.outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS
 from sslpipe.pipelines.stages.base import StageContext
-from sslpipe.pipelines.stages.export import ExportConfig, run
-from sslpipe.ssl_ops import build_backbone
+from sslpipe.pipelines.stages.export import ExportConfig
+from sslpipe.ssl_ops import build_backbone, mlp
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pretrain")
     torch.manual_seed(0)
-    encoder = MultiViewEncoder(build_backbone("resnet18"), [64, 32])
+    projector_kwargs = {"output_norm": True}  # a head with a batch norm on its output
+    encoder = torch.nn.Sequential(
+        build_backbone("resnet18"), mlp(512, [64, 32], **projector_kwargs)
+    )
     with torch.no_grad():  # non-trivial batch-norm statistics, as after training
         for module in encoder.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    torch.save(encoder.backbone.state_dict(), directory / "backbone.pt")
-    torch.save(encoder.state_dict(), directory / "encoder.pt")
-    description = {
-        "method": "vicreg",
-        "backbone": "resnet18",
-        "cifar_stem": False,
-        "feature_dim": 512,
-        "projector": [64, 32],
-        "input_size": 64,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "epochs": 1,
-        "data_fingerprint": "f" * 64,
-    }
-    (directory / "model.json").write_text(json.dumps(description))
+    torch.save(encoder[0].state_dict(), directory / BACKBONE_WEIGHTS)
+    torch.save(encoder.state_dict(), directory / ENCODER_WEIGHTS)
+    ModelDescription(
+        method="vicreg",
+        backbone="resnet18",
+        cifar_stem=False,
+        feature_dim=512,
+        projector=[64, 32],
+        projector_kwargs=projector_kwargs,
+        input_size=64,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        epochs=1,
+        data_fingerprint="f" * 64,
+    ).write(directory)
     return directory
 
 

@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PLUGIN = """
 from dataclasses import replace
 from typing import Literal
 
-from sslpipe.pipelines.stages.base import StageConfig, StageType
-from sslpipe.ssl_ops.methods import METHODS
+from sslpipe.pipelines.stages.base import ResourceRequest, StageConfig, StageType
+from sslpipe.ssl_ops.catalog import METHODS
 
 
 class HelloConfig(StageConfig):
     type: Literal["hello"]
     greeting: str = "hello"
+    widgets: int = 0  # a Ray resource no cluster has
+
+    def resource_request(self):
+        if not self.widgets:
+            return None
+        return ResourceRequest(1, {"CPU": 1, "widget": self.widgets}, fields={"widget": "widgets"})
 
 
 def run(config, ctx):
@@ -26,7 +33,8 @@ def run(config, ctx):
 
 
 STAGE_TYPE = StageType(HelloConfig, run, outputs=("greeting.txt",))
-METHOD = replace(METHODS["vicreg"], name="vicreg_light", loss_kwargs={"cov_coeff": 0.5})
+VICREG = METHODS["vicreg"]
+METHOD = replace(VICREG, name="vicreg_light", loss={**VICREG.loss, "cov_coeff": 0.5})
 """
 
 ENTRY_POINTS = """\
@@ -91,6 +99,18 @@ stages:
     result = _sslpipe(site, "run", str(spec), "--set", "stages=[{name: greet, type: hello}]")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "greet" / "greeting.txt").read_text() == "hello"
+
+    # A request Ray can never place is one line before any stage starts, not a wait.
+    started = time.monotonic()
+    result = _sslpipe(
+        site, "plan", str(spec), "--set", "stages.greet.widgets=2", "--force", "greet"
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        "--set stages.greet.widgets=2: stages[0].widgets: asks for widget, but the Ray "
+        "cluster has none"
+    )
+    assert time.monotonic() - started < 120
 
 
 def test_a_plugin_cannot_replace_a_builtin(tmp_path: Path) -> None:

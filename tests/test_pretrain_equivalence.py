@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from sslpipe.pipelines.pretrain_worker import build_encoder, learning_rate, train_step
 from sslpipe.pipelines.stages.pretrain import PretrainConfig
+from sslpipe.pipelines.training.step import build_training_method, train_step
+from sslpipe.ssl_ops import Batch
 from sslpipe.ssl_ops.optim import build_optimizer
 
 GLOBAL_BATCH, STEPS = 16, 3
@@ -39,15 +40,17 @@ def _batches() -> list[list[torch.Tensor]]:
 
 def _losses(rank: int, world: int) -> list[float]:
     config = PretrainConfig.model_validate(CONFIG)
-    encoder = build_encoder(config, world, torch.device("cpu"))
-    model = DistributedDataParallel(encoder) if world > 1 else encoder
-    optimizer = build_optimizer("sgd", encoder, lr=learning_rate(config), weight_decay=1e-4)
+    method = build_training_method(config, 0, world, torch.device("cpu"))
+    model = DistributedDataParallel(method, forward_sync_buffers=False) if world > 1 else method
+    optimizer = build_optimizer("sgd", method, lr=config.learning_rate(), weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     local = GLOBAL_BATCH // world
+    labels = Batch(torch.zeros(local, dtype=torch.long))
     losses = []
     for step, views in enumerate(_batches(), start=1):
         mine = [v[rank * local : (rank + 1) * local] for v in views]
-        losses.append(train_step(model, mine, config, optimizer, scheduler, step).values["loss"])
+        output = train_step(model, method, mine, labels, optimizer, scheduler, config, step, STEPS)
+        losses.append(output.losses["loss"].item())
     return losses
 
 

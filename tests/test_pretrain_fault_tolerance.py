@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dist_utils import descendants
 
 from sslpipe.pipelines.runner import run_pipeline
 from sslpipe.pipelines.spec import PipelineSpec
@@ -18,37 +19,12 @@ from sslpipe.pipelines.spec import PipelineSpec
 pytestmark = pytest.mark.slow
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """pid → command line of every process below ``pid`` (read from /proc)."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (
-                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            )
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in found:
-                found[child] = commands.get(child, "")
-                frontier.append(child)
-    return found
-
-
 def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list[int]) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not killed:
         if list(storage.glob("pretrain-*/checkpoint_20*")):
             workers = [
-                pid for pid, cmd in _descendants(os.getpid()).items() if "RayTrainWorker" in cmd
+                pid for pid, cmd in descendants(os.getpid()).items() if "RayTrainWorker" in cmd
             ]
             if workers:
                 os.kill(max(workers), signal.SIGKILL)
@@ -84,6 +60,7 @@ def test_worker_killed_mid_epoch_run_completes_exact_steps(tmp_path: Path, ray_c
                     "num_workers": 2,
                     "dali_threads": 1,
                     "checkpoint_every_steps": 3,
+                    "log_every_steps": 1,
                     "max_failures": 1,
                     "collapse_std_threshold": 0,
                 },

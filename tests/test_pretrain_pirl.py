@@ -1,7 +1,8 @@
 """PIRL through the pretrain stage: 2 Ray Train CPU workers, real DALI jigsaw views, the
-memory bank indexed by the shards' ``KEY.index``. A run stopped by SIGTERM after its first step
-and resumed keeps the bank it checkpointed: rows of the images seen before the stop are exactly
-the checkpointed ones, the others are updated by the rest of the epoch, Z stays frozen."""
+memory bank indexed by the shards' ``KEY.index.i64``. A run stopped by SIGTERM after its first
+step and resumed keeps the bank it checkpointed: rows of the images seen before the stop are
+exactly the checkpointed ones, the others are updated by the rest of the epoch, Z stays
+frozen."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def _spec(workdir: Path) -> PipelineSpec:
                     "warmup_epochs": 0,
                     "num_workers": 2,
                     "dali_threads": 1,
+                    "log_every_steps": 1,
                 },
             ],
         }
@@ -83,11 +85,11 @@ def test_memory_bank_survives_stop_and_resume(tmp_path: Path, ray_cleanup) -> No
     final = _final_state(tmp_path)
     assert final["step"] == 4
     initial = MemoryBank(NUM_IMAGES, 32, seed=0).rows
-    before, after = stopped["bank"]["rows"], final["bank"]["rows"]
+    before, after = stopped["method"]["bank.rows"], final["method"]["bank.rows"]
     seen_before_stop = (before != initial).any(dim=1)
     assert seen_before_stop.sum() == 16 * stopped["step"]
     assert torch.equal(after[seen_before_stop], before[seen_before_stop])
     assert (after[~seen_before_stop] != before[~seen_before_stop]).any(dim=1).all()
     assert torch.allclose(after.norm(dim=1), torch.ones(NUM_IMAGES))
-    assert torch.equal(final["bank"]["log_z"], stopped["bank"]["log_z"])
-    assert torch.isfinite(final["bank"]["log_z"])
+    assert torch.equal(final["method"]["bank.log_z"], stopped["method"]["bank.log_z"])
+    assert torch.isfinite(final["method"]["bank.log_z"])

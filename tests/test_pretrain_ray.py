@@ -1,4 +1,5 @@
-"""One real Ray Train run: 2 CPU workers (gloo) each reading its own shard slice through DALI."""
+"""Real Ray Train runs: 2 CPU workers (gloo) each reading its own shard slice through DALI (the
+torch loader's runs are ``test_retrain.py``'s nights)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslpipe.pipelines.errors import UserError
 from sslpipe.pipelines.runner import run_pipeline
 from sslpipe.pipelines.spec import PipelineSpec
 from sslpipe.ssl_ops import build_backbone
@@ -15,11 +17,11 @@ from sslpipe.ssl_ops import build_backbone
 pytestmark = pytest.mark.slow
 
 
-def test_two_worker_vicreg_run_trains_and_checkpoints(tmp_path: Path, ray_cleanup) -> None:
-    spec = PipelineSpec.model_validate(
+def _spec(workdir: Path, **pretrain: object) -> PipelineSpec:
+    return PipelineSpec.model_validate(
         {
             "name": "tiny",
-            "workdir": str(tmp_path / "runs"),
+            "workdir": str(workdir),
             "stages": [
                 {
                     "name": "data",
@@ -42,11 +44,20 @@ def test_two_worker_vicreg_run_trains_and_checkpoints(tmp_path: Path, ray_cleanu
                     "warmup_epochs": 0,
                     "num_workers": 2,
                     "dali_threads": 1,
+                    "log_every_steps": 1,
+                    **pretrain,
                 },
             ],
         }
     )
-    run_pipeline(spec)
+
+
+def test_two_worker_vicreg_run_trains_and_checkpoints(tmp_path: Path, ray_cleanup) -> None:
+    run_pipeline(_spec(tmp_path / "runs"))
+    _check_trained_and_checkpointed(tmp_path)
+
+
+def _check_trained_and_checkpointed(tmp_path: Path) -> None:
     out = tmp_path / "runs" / "pretrain"
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == list(range(1, 9))  # 2 epochs × 256 / 64
@@ -58,3 +69,19 @@ def test_two_worker_vicreg_run_trains_and_checkpoints(tmp_path: Path, ray_cleanu
     assert any(not torch.equal(trained[k], initial[k]) for k in initial if k.endswith("weight"))
     checkpoints = sorted((tmp_path / "runs" / "_ray").glob("pretrain-*/checkpoint_20*"))
     assert len(checkpoints) == 2  # one per epoch, num_to_keep=2
+
+
+def test_a_guard_stops_every_worker_once_and_is_not_retried(tmp_path: Path, ray_cleanup) -> None:
+    """A collapse threshold no embedding can reach: the guard fires at the first check on
+    every rank at once; with max_failures 1 the run still ends (no retry) with the reason."""
+    spec = _spec(
+        tmp_path / "runs",
+        collapse_std_threshold=10.0,
+        collapse_patience=1,
+        monitor_every_steps=2,
+        max_failures=1,
+    )
+    with pytest.raises(UserError, match=r"stopped by a guard at step 2: representation collapse"):
+        run_pipeline(spec)
+    state = json.loads((tmp_path / "runs" / "pretrain" / "state.json").read_text())
+    assert state["status"] == "failed" and "representation collapse" in state["error"]

@@ -1,5 +1,7 @@
 """Scheduled retraining on the real stack: ``--if-changed`` as cron runs it, the promotion
-gate accepting and refusing, warm start from the registry, rollback, and the HTML report."""
+gate accepting and refusing, warm start from the registry, rollback, and the HTML report. The
+nights pretrain and probe through the ``torch`` loader; every other pipeline test reads through
+DALI."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import sslpipe
 from sslpipe.datasets.sources import SyntheticShapesSource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +49,7 @@ def _snapshot(workdir: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
 
 
-def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path) -> None:
+def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path, ray_cleanup) -> None:
     images, workdir, registry = tmp_path / "images", tmp_path / "runs", tmp_path / "registry"
     _add_images(images, 192, seed=0)
     nightly = [
@@ -58,6 +61,9 @@ def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path) -> None:
         f"--set=stages.pretrain.warm_start={registry}",
         "--set=stages.pretrain.epochs=1",
         f"--set=stages.export.promote={{registry: {registry}, metric: probe.top1}}",
+        # The nights read through the torch loader (the other tests' runs use DALI).
+        "--set=stages.pretrain.loader=torch",
+        "--set=stages.probe.loader=torch",
     ]
 
     # Night 1: everything runs; the first model is promoted.
@@ -66,6 +72,7 @@ def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path) -> None:
     assert f"{registry} has no promoted model yet: random init" in first.stdout
     assert "promoted as v0001: no model promoted yet" in first.stdout
     assert (registry / "latest").resolve() == registry / "v0001"
+    _check_load_backbone(registry, workdir)
 
     # Night 2: nothing changed, nothing runs, nothing is touched; the check is recorded.
     before = _snapshot(workdir)
@@ -104,7 +111,7 @@ def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path) -> None:
     assert rollback.returncode == 0
     assert (registry / "latest").resolve() == registry / "v0001"
     assert sorted(p.name for p in registry.glob("v*")) == ["v0001", "v0002"]
-    assert _sslpipe("registry", "rollback", str(registry), "v0009").returncode == 1
+    assert _sslpipe("registry", "rollback", str(registry), "v0009").returncode == 2
 
     # The report: one file, plots inlined, nothing fetched from elsewhere.
     report = _sslpipe("report", str(workdir))
@@ -114,6 +121,26 @@ def test_nightly_retrain_gate_rollback_and_report(tmp_path: Path) -> None:
     assert not re.search(r"(src|href)=['\"]?(http|//)", page)
     for text in ("pretrain", "probe", "succeeded", "--if-changed checks", "no change"):
         assert text in page
+    manifest = json.loads((workdir / "ingest" / "manifest.json").read_text())
+    for text in ("<th>spec</th><td>tiny</td>", f"<td>{sslpipe.__version__}</td>",
+                 manifest["source_fingerprint"], f"path: {images}"):  # fmt: skip
+        assert text in page, text
+
+
+def _check_load_backbone(registry: Path, workdir: Path) -> None:
+    """The promoted model, the export stage's and the pretrain stage's are the same network."""
+    import torch
+
+    promoted, card = sslpipe.load_backbone(registry)
+    exported, _ = sslpipe.load_backbone(workdir)
+    trained, description = sslpipe.load_backbone(workdir / "pretrain")
+    assert card["backbone"] == description["backbone"] == "small_cnn"
+    images = torch.randn(2, 3, card["input_size"], card["input_size"])
+    with torch.no_grad():
+        features = [net(images) for net in (promoted, exported, trained)]
+    assert features[0].shape == (2, card["feature_dim"])
+    for other in features[1:]:
+        torch.testing.assert_close(features[0], other)
 
 
 def _mtime(workdir: Path) -> int:

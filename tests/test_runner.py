@@ -54,6 +54,9 @@ def test_plan_and_status_commands(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out] == [["a", "run"], ["b", "run"]]
     assert not (tmp_path / "runs" / "a").exists(), "plan must not run anything"
+    assert main(["status", str(tmp_path / "runs")]) == 2
+    assert "runs is not a folder: give the spec's workdir" in capsys.readouterr().err
+    (tmp_path / "runs").mkdir()
     assert main(["status", str(tmp_path / "runs")]) == 1
     assert "no stage has run here" in capsys.readouterr().err
     assert main(["run", str(spec)]) == 0

@@ -1,4 +1,5 @@
-"""Collapse, tiny shapes, bad inputs, precision, PIRL state and the method registry."""
+"""Collapse, tiny shapes, bad inputs, precision, PIRL state, the loss modules (the method
+catalog is checked in tests/test_methods.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 import torch
 
 from sslpipe import ssl_ops
+from sslpipe.ssl_ops.byol import byol_loss
+from sslpipe.ssl_ops.checks import strict_checks
+from sslpipe.ssl_ops.simsiam import simsiam_loss
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,7 +62,7 @@ def test_two_samples_one_dimension(name: str) -> None:
 def test_nan_input_raises(name: str) -> None:
     z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
     z2[3, 1] = float("nan")
-    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+    with strict_checks(), pytest.raises(FloatingPointError, match="NaN or Inf"):
         fn = PAIRWISE[name]
         fn(z1, z2) if "criterion" not in name and name != "uniformity" else fn(z2, z1)
 
@@ -161,48 +165,49 @@ def test_pirl_bank_update_can_be_skipped_and_rejects_wrong_dim() -> None:
         ssl_ops.pirl_nce_loss(torch.randn(3, 5), torch.randn(3, 5), torch.arange(3), bank)
 
 
-def test_jigsaw_head_concatenates_in_canonical_order() -> None:
+def test_jigsaw_head_concatenates_in_arrival_order() -> None:
+    # VISSL's siamese_concat_view: the shuffled patches' features are concatenated as they come,
+    # so the permutation reaches g and PIRL can learn to be invariant to it.
     torch.manual_seed(0)
-    head = ssl_ops.JigsawHead(feature_dim=6, dim=128)
-    canonical = torch.randn(2, 9, 6)
-    order = torch.stack([torch.randperm(9) for _ in range(2)])
-    shuffled = torch.empty_like(canonical)
-    for n in range(2):
-        for j in range(9):
-            shuffled[n, j] = canonical[n, order[n, j]]
-    expected = head(canonical)
-    assert expected.shape == (2, 128)
-    torch.testing.assert_close(head(shuffled, order), expected)
-    assert not torch.allclose(head(shuffled), expected)
+    head = ssl_ops.JigsawHead(feature_dim=6, dim=8)
+    features = torch.randn(2, 9, 6)
+    out = head(features)
+    per_patch = [head.patch(features[:, j]) for j in range(9)]
+    torch.testing.assert_close(out, head.out(torch.cat(per_patch, dim=1)))
+    shuffled = features[:, torch.randperm(9)]
+    assert not torch.allclose(head(shuffled), out)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 6))
     patches = torch.randn(2, 9, 3, 4, 4)
-    assert head.embed(backbone, patches, order).shape == (2, 128)
+    assert head.embed(backbone, patches).shape == (2, 8)
+    with pytest.raises(ValueError, match="Nx9xF"):
+        head(torch.randn(2, 8, 6))
 
 
-def test_method_registry_defaults_and_objectives() -> None:
-    methods = ssl_ops.METHODS
-    expected = {
-        "vicreg", "vicreg_exp", "vicreg_ctr", "barlow_twins", "simclr", "simclr_abs",
-        "simclr_sq", "dcl", "dclw", "dcl_abs", "dcl_sq", "wmse", "spectral", "pirl",
-    }  # fmt: skip
-    assert set(methods) == expected
-    assert methods["barlow_twins"].weight_decay == 1.5e-6
-    assert methods["barlow_twins"].loss_kwargs == {"lambd": 0.0051}
-    assert methods["simclr"].projector == (2048, 128)
-    assert methods["simclr"].loss_kwargs["temperature"] == 0.1
-    assert methods["wmse"].optimizer == "adam" and methods["wmse"].projector == (1024, 64)
-    assert methods["pirl"].projector == (128,) and methods["pirl"].views == "pirl"
-    z1, z2 = torch.randn(32, 16), torch.randn(32, 16)
-    for name, method in methods.items():
-        assert method.name == name
-        if name == "pirl":
-            bank = ssl_ops.MemoryBank(64, 16)
-            out = method.loss([z1, z2], indices=torch.arange(32), bank=bank, num_negatives=8)
-        elif name == "wmse":
-            out = method.loss([z1, z2], w_size=32)
-        else:
-            out = method.loss([z1, z2])
-        assert torch.isfinite(out["loss"]) and len(out) >= 2, name
+@pytest.mark.parametrize("fn", [byol_loss, simsiam_loss])
+def test_per_sample_losses_refuse_bad_input_and_survive_zero_vectors(fn) -> None:
+    p1, p2, t1, t2 = (torch.randn(4, 3) for _ in range(4))
+    with pytest.raises(ValueError, match="one shape"):
+        fn(p1, p2, t1, torch.randn(4, 2))
+    t2[1, 2] = float("inf")
+    with strict_checks(), pytest.raises(FloatingPointError, match="NaN or Inf"):
+        fn(p1, p2, t1, t2)
+    zeros = torch.zeros(4, 3, requires_grad=True)
+    loss = fn(zeros, zeros, zeros, zeros)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zeros.grad).all()
+    single = fn(*(torch.randn(1, 3) for _ in range(4)))  # per-sample: one row is a batch
+    assert torch.isfinite(single)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fn(*(x.bfloat16() for x in (p1, p2, t1, t1)))
+    assert low.dtype == torch.float32
+
+
+def test_barlow_twins_and_nt_xent_refuse_unknown_options() -> None:
+    z = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        ssl_ops.barlow_twins_loss(z, z, scaling="per_gpu")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ssl_ops.nt_xent_loss([z, z], reduction="sum")
 
 
 def test_modules_bind_keyword_arguments() -> None:

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from sslpipe import ssl_ops
+from sslpipe.ssl_ops.byol import byol_loss, cosine_momentum, momentum_update
+from sslpipe.ssl_ops.simsiam import simsiam_loss
 
 DT = torch.float64
 
@@ -229,6 +231,23 @@ def test_nt_xent_family_matches_hand_computation(fn, phi, num_views: int) -> Non
     views = [randn(5, 3, seed=10 + v) for v in range(num_views)]
     expected = ref_nt_xent(views, 0.3, phi)
     assert float(fn(views, temperature=0.3)) == pytest.approx(expected, rel=1e-10)
+    summed = float(fn(views, temperature=0.3, reduction="view_sum"))
+    assert summed == pytest.approx(num_views * expected, rel=1e-10)
+
+
+def test_nt_xent_view_sum_is_the_official_simclr_loss() -> None:
+    # google-research/simclr tf2/objective.py: mean over images of loss_a + loss_b, where
+    # loss_a is the cross-entropy of [logits_ab, logits_aa - large·I] with label i.
+    a, b = randn(6, 4, seed=14), randn(6, 4, seed=15)
+    ua, ub = (torch.nn.functional.normalize(v, dim=1) for v in (a, b))
+    eye = torch.eye(6, dtype=DT)
+    ce = torch.nn.functional.cross_entropy
+    total = 0.0
+    for x, y in ((ua, ub), (ub, ua)):
+        logits = torch.cat([x @ y.T, x @ x.T - 1e9 * eye], dim=1) / 0.5
+        total = total + ce(logits, torch.arange(6))
+    got = ssl_ops.nt_xent_loss([a, b], temperature=0.5, reduction="view_sum")
+    assert float(got) == pytest.approx(float(total), rel=1e-12)
 
 
 def test_nt_xent_dimension_standardisation_matches_hand_computation() -> None:
@@ -331,7 +350,12 @@ def test_pirl_matches_hand_computation_and_updates_bank() -> None:
         num_negatives=k,
         generator=torch.Generator().manual_seed(5),
     )
-    negatives = torch.randint(n_items, (k,), generator=torch.Generator().manual_seed(5)).tolist()
+    # K negatives per sample and per branch, the jigsaw branch's drawn first (VISSL).
+    draws = torch.Generator().manual_seed(5)
+    negatives = {
+        branch: torch.randint(n_items, (n, k), generator=draws).tolist()
+        for branch in ("jigsaw", "image")
+    }
 
     def unit(v: torch.Tensor) -> torch.Tensor:
         return v / math.sqrt(dot(v, v))
@@ -341,12 +365,12 @@ def test_pirl_matches_hand_computation_and_updates_bank() -> None:
         scores[branch] = [
             (
                 dot(unit(emb[i]), rows[indices[i]]) / tau,
-                [dot(unit(emb[i]), rows[j]) / tau for j in negatives],
+                [dot(unit(emb[i]), rows[j]) / tau for j in negatives[branch][i]],
             )
             for i in range(n)
         ]
-    flat = [math.exp(s) for b in scores.values() for p, ns in b for s in [p, *ns]]
-    z = n_items * mean(flat)
+    # Z from the jigsaw branch's first batch only (VISSL: the first embedding's scores).
+    z = n_items * mean([math.exp(s) for p, ns in scores["jigsaw"] for s in [p, *ns]])
     noise = k / n_items
 
     def nce(branch: str) -> float:
@@ -366,6 +390,83 @@ def test_pirl_matches_hand_computation_and_updates_bank() -> None:
     assert torch.equal(bank.rows[untouched].to(DT), rows[untouched])
 
 
+def test_pirl_chunked_scoring_matches_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunks of one row (CHUNK_ELEMENTS below K·D) give the loss and gradient of a single chunk.
+    from sslpipe.ssl_ops import pirl
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        bank = ssl_ops.MemoryBank(50, 6, seed=1)
+        image = randn(9, 6, seed=82).requires_grad_()
+        loss = ssl_ops.pirl_nce_loss(
+            image, randn(9, 6, seed=83), torch.arange(9), bank, num_negatives=11,
+            generator=torch.Generator().manual_seed(2),
+        )  # fmt: skip
+        return loss.detach(), torch.autograd.grad(loss, image)[0]
+
+    whole = run()
+    monkeypatch.setattr(pirl, "CHUNK_ELEMENTS", 1)
+    chunked = run()
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-15)
+
+
+def ref_byol(p1, p2, t1, t2) -> float:
+    def regression(p: torch.Tensor, t: torch.Tensor) -> float:
+        return 2 - 2 * cos(p, t)
+
+    n = p1.shape[0]
+    return sum(regression(p1[i], t2[i]) + regression(p2[i], t1[i]) for i in range(n)) / n
+
+
+def ref_simsiam(p1, p2, z1, z2) -> float:
+    n = p1.shape[0]
+    return -0.5 * (
+        mean([cos(p1[i], z2[i]) for i in range(n)]) + mean([cos(p2[i], z1[i]) for i in range(n)])
+    )
+
+
+def test_byol_and_simsiam_match_hand_computation() -> None:
+    p1, p2, t1, t2 = (randn(5, 4, seed=120 + i) for i in range(4))
+    assert float(byol_loss(p1, p2, t1, t2)) == pytest.approx(ref_byol(p1, p2, t1, t2), rel=1e-12)
+    got = simsiam_loss(p1, p2, t1, t2)
+    assert float(got) == pytest.approx(ref_simsiam(p1, p2, t1, t2), rel=1e-12)
+    # aligned predictions: BYOL 0, SimSiam -1
+    assert float(byol_loss(p1, p2, 3 * p2, 2 * p1)) == pytest.approx(0.0, abs=1e-12)
+    assert float(simsiam_loss(p1, p2, 3 * p2, 2 * p1)) == pytest.approx(-1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("fn", [byol_loss, simsiam_loss])
+def test_targets_are_stop_gradient(fn) -> None:
+    # gradcheck cannot see a stop-gradient: the targets get none, and the predictions' gradient
+    # is that of the loss with the targets as constants.
+    p1, p2, t1, t2 = (randn(6, 3, seed=130 + i).requires_grad_() for i in range(4))
+    fn(p1, p2, t1, t2).backward()
+    assert t1.grad is None and t2.grad is None
+    q1, q2 = (randn(6, 3, seed=130 + i).requires_grad_() for i in range(2))
+    constants = [randn(6, 3, seed=132 + i) for i in range(2)]
+    expected = torch.autograd.grad(fn(q1, q2, *constants), (q1, q2))
+    torch.testing.assert_close((p1.grad, p2.grad), expected, rtol=0, atol=1e-14)
+
+
+def test_momentum_update_and_cosine_schedule() -> None:
+    torch.manual_seed(0)
+    online, target = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        online.weight.normal_(), online.bias.normal_(), online.running_mean.fill_(5.0)
+    before = [p.detach().clone() for p in target.parameters()]
+    momentum_update(target, online, 0.9)
+    for xi, xi0, theta in zip(target.parameters(), before, online.parameters(), strict=True):
+        torch.testing.assert_close(xi.detach(), 0.9 * xi0 + 0.1 * theta.detach())
+    assert torch.equal(target.running_mean, torch.zeros(3))  # buffers are the target's own
+    with pytest.raises(ValueError, match="differ"):
+        momentum_update(target, torch.nn.Linear(3, 3), 0.9)
+    assert cosine_momentum(0, 100) == pytest.approx(0.996)
+    assert cosine_momentum(50, 100) == pytest.approx(1 - 0.004 / 2)
+    assert cosine_momentum(100, 100) == 1.0 == cosine_momentum(250, 100)
+    k, total = 30, 100
+    expected = 1 - (1 - 0.99) * (math.cos(math.pi * k / total) + 1) / 2
+    assert cosine_momentum(k, total, base_tau=0.99) == pytest.approx(expected, rel=1e-15)
+
+
 def test_metrics_match_hand_computation() -> None:
     z1, z2 = randn(6, 3, seed=90), randn(6, 3, seed=91)
     stds = [math.sqrt(cov_entry(z1, a, a, 5)) for a in range(3)]
@@ -383,10 +484,22 @@ def test_metrics_match_hand_computation() -> None:
     assert float(ssl_ops.uniformity(z1)) == pytest.approx(math.log(mean(potentials)), rel=1e-12)
 
 
+@pytest.mark.parametrize(("n", "d"), [(12, 5), (5, 12), (7, 7)])
+def test_rankme_from_the_smaller_gram_matches_svdvals(n: int, d: int) -> None:
+    z = randn(n, d, seed=n * d) @ torch.diag(torch.logspace(0, -3, d, dtype=DT))
+    sigma = torch.linalg.svdvals(z)
+    p = sigma / sigma.sum() + 1e-7
+    expected = math.exp(-float((p * p.log()).sum()))
+    assert float(ssl_ops.rankme(z)) == pytest.approx(expected, rel=1e-12)
+    assert float(ssl_ops.rankme(z.float())) == pytest.approx(expected, rel=1e-5)
+
+
 def test_rankme_counts_the_rank() -> None:
     basis = torch.linalg.qr(randn(8, 8, seed=95))[0]
     low_rank = torch.cat([basis[:, :3], torch.zeros(8, 5, dtype=DT)], dim=1)
     assert float(ssl_ops.rankme(low_rank)) == pytest.approx(3.0, rel=1e-4)
+    # float32 input: the Gram is formed in float64, so no noise floor lifts the rank
+    assert float(ssl_ops.rankme(low_rank.float())) == pytest.approx(3.0, rel=1e-4)
 
 
 def _seeded(fn, seed: int = 0):
@@ -425,6 +538,16 @@ GRADCHECK = {
     "dimension_criterion": (ssl_ops.dimension_contrastive_criterion, 1, 1.0),
     "uniformity": (ssl_ops.uniformity, 1, 1.0),
     "alignment": (ssl_ops.alignment, 2, 1.0),
+    "byol": (
+        lambda p1, p2: byol_loss(p1, p2, randn(8, 3, seed=7), randn(8, 3, seed=8)),
+        2,
+        1.0,
+    ),
+    "simsiam": (
+        lambda p1, p2: simsiam_loss(p1, p2, randn(8, 3, seed=7), randn(8, 3, seed=8)),
+        2,
+        1.0,
+    ),
 }
 
 

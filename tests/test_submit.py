@@ -27,7 +27,11 @@ pytestmark = pytest.mark.slow
 # The head, the jobs and sslpipe submit share one token of their own (Ray's token
 # authentication, as on a real cluster), and no other Ray cluster's address.
 TOKEN = secrets.token_hex(32)
-ENV = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER_ADDRESS"))
+}
 ENV |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
 
@@ -83,7 +87,8 @@ def ray_head() -> Iterator[str]:
     command += ["--include-dashboard=true", f"--dashboard-port={dashboard}"]
     command += [f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}"]
     command += [f"--dashboard-agent-listen-port={agent}"]
-    command += [f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats"]
+    # 4 logical CPUs: the quickstart's two workers take dali_threads + 1 each.
+    command += [f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats"]
     with (temp_dir / "ray-start.log").open("w") as log:
         head = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -97,9 +102,9 @@ def ray_head() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _submit(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+def _sslpipe(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sslpipe.pipelines.cli", "submit", *args],
+        [sys.executable, "-m", "sslpipe.pipelines.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -108,14 +113,20 @@ def _submit(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProces
     )
 
 
+def _submit(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    return _sslpipe("submit", *args, env=env)
+
+
 def _sets(*overrides: str) -> list[str]:
     return [word for override in overrides for word in ("--set", override)]
 
 
 def test_submit_runs_the_quickstart_on_the_cluster(ray_head: str, tmp_path: Path) -> None:
+    """The address from RAY_API_SERVER_ADDRESS, bare host:port; submit waits and streams."""
     workdir = tmp_path / "runs"
     overrides = [f"workdir={workdir}", "stages.pretrain.epochs=1", *SMALL]
-    result = _submit(QUICKSTART, "--address", ray_head, "--follow", *_sets(*overrides))
+    env = {**ENV, "RAY_API_SERVER_ADDRESS": ray_head.removeprefix("http://")}
+    result = _submit(QUICKSTART, *_sets(*overrides), env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = result.stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_"), result.stdout[:500]
@@ -123,21 +134,33 @@ def test_submit_runs_the_quickstart_on_the_cluster(ray_head: str, tmp_path: Path
     for name in ("model.onnx", "model.pt2", "model_card.json"):
         assert (workdir / "export" / name).is_file(), name
     assert "Traceback" not in result.stderr
+    # Quiet by default: our progress lines, none of Ray's prefixes or notices.
+    assert "[pretrain] step 3/3 (100%)" in result.stdout
+    for noise in ("pid=", "PreemptionWatcher", "Token authentication"):
+        assert noise not in result.stdout + result.stderr, noise
 
 
-def test_failed_job_exits_1_with_its_status(ray_head: str, tmp_path: Path) -> None:
-    # Valid locally, fails on the cluster: the ingest source is a folder that does not exist.
+def test_a_failed_job_seen_through_the_job_commands(ray_head: str, tmp_path: Path) -> None:
+    # Valid here, fails on the cluster before any stage starts: the data is not there.
     missing_source = f"stages.ingest.source={{kind: image_folder, path: {tmp_path / 'none'}}}"
-    result = _submit(
-        QUICKSTART,
-        "--address",
-        ray_head,
-        "--follow",
-        *_sets(f"workdir={tmp_path / 'runs'}", missing_source),
-    )
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: job raysubmit_") and " FAILED: " in last, result.stderr
+    overrides = _sets(f"workdir={tmp_path / 'runs'}", missing_source)
+    submitted = _submit(QUICKSTART, "--address", ray_head, "--no-wait", *overrides)
+    assert submitted.returncode == 0, submitted.stderr
+    (job_id,) = submitted.stdout.split()
+    followed = _sslpipe("job", "follow", job_id, "--address", ray_head)
+    assert followed.returncode == 1, followed.stdout[-3000:] + followed.stderr[-3000:]
+    last = followed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: job {job_id} FAILED: "), followed.stderr
+    why = f"stages[0].source.path: {tmp_path / 'none'} does not exist"
+    assert why in followed.stdout  # the job's own one line, streamed
+    status = _sslpipe("job", "status", job_id, "--address", ray_head)
+    assert status.returncode == 0 and status.stdout.startswith(f"{job_id} FAILED")
+    logs = _sslpipe("job", "logs", job_id, "--address", ray_head)
+    assert why in logs.stdout and "Traceback" not in logs.stdout
+    stopped = _sslpipe("job", "stop", job_id, "--address", ray_head)
+    assert stopped.stdout.strip() == f"{job_id}: already finished"
+    unknown = _sslpipe("job", "status", "raysubmit_nosuchjob", "--address", ray_head)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
 
 
 def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Path) -> None:
@@ -156,17 +179,20 @@ def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Pat
     assert "epochz" not in _get(f"{ray_head}/api/jobs/")
 
 
-def test_unreachable_address_is_one_line(tmp_path: Path) -> None:
-    result = _submit(
-        QUICKSTART,
-        "--address",
-        f"http://127.0.0.1:{_free_ports(1)[0]}",
-        "--set",
-        f"workdir={tmp_path / 'runs'}",
-    )
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no Ray dashboard")
-    assert result.stdout == ""
+def test_addresses_that_cannot_work_are_one_line(tmp_path: Path) -> None:
+    workdir = f"workdir={tmp_path / 'runs'}"
+    port = _free_ports(1)[0]
+    result = _submit(QUICKSTART, "--address", f"127.0.0.1:{port}", "--set", workdir)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: no Ray dashboard at http://127.0.0.1:{port}")
+    for address, code, start in [
+        (f"ray://127.0.0.1:{port}", 2, "error: --address ray://127.0.0.1:"),
+        ("", 2, "error: no cluster address: give --address http://HEAD:8265"),
+    ]:
+        result = _submit(QUICKSTART, *(["--address", address] if address else []), "--set", workdir)
+        assert result.returncode == code and result.stderr.startswith(start), result.stderr
+        assert result.stderr.count("\n") == 1
 
 
 def test_wrong_token_is_one_line(ray_head: str, tmp_path: Path) -> None:

@@ -1,18 +1,29 @@
 """The stage types a spec can use, by name: each has a config model and a run function.
 
-Installed packages add stage types through the ``sslpipe.stages`` entry point group.
+The config models live here (``stages/<type>.py``) and import nothing heavy; the run
+functions are named by import path and loaded only when a stage runs. Installed packages add
+stage types through the ``sslpipe.stages`` entry point group.
 """
 
+from .. import outputs
 from ..plugins import add_plugins
 from . import export, ingest, pretrain, probe
 from .base import StageConfig, StageContext, StageType
 
 STAGE_TYPES: dict[str, StageType] = {
-    "ingest": StageType(ingest.IngestConfig, ingest.run, outputs=("manifest.json",)),
-    "pretrain": StageType(pretrain.PretrainConfig, pretrain.run, outputs=("backbone.pt",)),
-    "probe": StageType(probe.ProbeConfig, probe.run, outputs=("metrics.json",)),
+    "ingest": StageType(ingest.IngestConfig, ingest.run, outputs=(outputs.MANIFEST,)),
+    "pretrain": StageType(
+        pretrain.PretrainConfig,
+        "sslpipe.pipelines.training.driver:run",
+        outputs=(outputs.BACKBONE_WEIGHTS,),
+    ),
+    "probe": StageType(
+        probe.ProbeConfig, "sslpipe.pipelines.probe_run:run_probe", outputs=(outputs.METRICS,)
+    ),
     "export": StageType(
-        export.ExportConfig, export.run, outputs=("model.onnx", "model.pt2", "model_card.json")
+        export.ExportConfig,
+        "sslpipe.pipelines.exporter:run",
+        outputs=(outputs.ONNX_MODEL, outputs.TORCH_PROGRAM, outputs.MODEL_CARD),
     ),
 }
 add_plugins("sslpipe.stages", STAGE_TYPES)

@@ -1,13 +1,69 @@
-"""What every stage type shares: its config base class and the context it runs in."""
+"""What every stage type shares: its config base class, the context it runs in, and the two
+hooks that ``plan`` and ``run`` call before any stage starts (``machine_problems``,
+``resource_request``)."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ENVIRONMENT_EXIT
+
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class MachineProblem:
+    """Something on this machine that would stop a stage: data that is not there, or not laid
+    out as its ``kind`` says.
+
+    ``field`` is the key path inside the stage (``("source", "path")``), so the message points
+    at the spec line; ``exit_code`` is 2 when the spec must change (a flat folder given as
+    ``image_folder``), 1 when the machine must (a path that is not mounted).
+    """
+
+    field: FieldPath
+    message: str
+    exit_code: int = ENVIRONMENT_EXIT
+
+
+def folder_problem(path: Path, field: FieldPath, what: str) -> MachineProblem | None:
+    """Why the folder ``path`` (the ``what`` of the spec: "workdir", "storage_path", …) cannot
+    be created and written, looking only: a file in the way, or a parent that is not
+    writable."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        blocker = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        return MachineProblem(field, f"{path} {blocker}; remove it or choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return MachineProblem(field, f"{existing} is not writable, so {what} {path} cannot be")
+    return None
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """The Ray resources a stage asks for while it runs.
+
+    ``workers`` bundles of ``per_worker`` (Ray resource names → amounts, e.g.
+    ``{"CPU": 3, "GPU": 1}``), each bundle on one node. ``gang``: every bundle at once (a Ray
+    Train worker group waits until all fit); otherwise Ray tasks, which queue, so only one
+    bundle has to fit. ``fields`` names the stage fields behind the request, for the message
+    when it does not fit: ``"workers"`` and each resource name → field (``{"workers":
+    "num_workers", "GPU": "use_gpu", "CPU": "dali_threads"}``).
+    """
+
+    workers: int
+    per_worker: dict[str, float]
+    gang: bool = True
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 class StageConfig(BaseModel):
@@ -17,7 +73,7 @@ class StageConfig(BaseModel):
     the pipeline checks those references and orders the stages by them.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     inputs: ClassVar[dict[str, str]] = {}
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="stage name and folder name")
@@ -25,6 +81,58 @@ class StageConfig(BaseModel):
     def upstream(self) -> dict[str, str]:
         """Field name → upstream stage name, for the references that are set."""
         return {f: getattr(self, f) for f in self.inputs if getattr(self, f) is not None}
+
+    def machine_problems(self) -> list[MachineProblem]:
+        """What would stop this stage on this machine before it does any work (its data paths
+        and their layout). ``plan`` and ``run`` ask every stage before any stage runs, never
+        ``validate``; it must be quick: look, do not read the data."""
+        return []
+
+    def resource_request(self) -> ResourceRequest | None:
+        """The Ray resources this stage needs while it runs, or None when it runs in the
+        driver alone. ``plan`` and ``run`` check, for the stages about to run, that the Ray
+        cluster has them (or its autoscaler can add them) before any stage starts."""
+        return None
+
+    @classmethod
+    def notes(cls, metrics: dict[str, Any], stage_dir: Path) -> list[str]:
+        """Lines the run summary and ``status`` print under this stage (e.g. rejected inputs
+        and where their reasons are), from its recorded metrics."""
+        return []
+
+
+class ShardReaderConfig(StageConfig):
+    """Base of the stages that read shards on Ray workers (pretrain, probe): the loader fields;
+    ``datasets/loaders.py`` has the loaders. README "Loaders" says when to pick which."""
+
+    loader: Literal["dali", "torch"] = Field(
+        "dali",
+        description="dali: decode and views on the GPU with use_gpu, DALI's CPU graph without; "
+        "torch: PIL + torchvision v2 in DataLoader processes, no DALI needed",
+    )
+    dali_threads: int = Field(
+        2,
+        gt=0,
+        description="loader threads (dali) or DataLoader processes (torch) per worker; a worker "
+        "reserves this + 1 CPUs",
+    )
+    gang: ClassVar[bool]  # the workers start together (Ray Train) or queue (Ray tasks)
+    loader_prefetch: int = Field(2, gt=0, description="batches each loader prepares ahead")
+    memory_map: bool = Field(
+        True, description="memory-map the shards; false for shards on a network filesystem"
+    )
+
+    def cpus_per_worker(self) -> int:
+        """The loader's threads and the worker's own."""
+        return self.dali_threads + 1
+
+    def resource_request(self) -> ResourceRequest:
+        """``num_workers`` bundles of the loader's CPUs, and a GPU each with ``use_gpu``;
+        ``gang`` (each stage's): all at once, or queued one by one."""
+        fields = {"workers": "num_workers", "GPU": "use_gpu", "CPU": "dali_threads"}
+        gpu = {"GPU": 1} if self.use_gpu else {}
+        per_worker = {"CPU": self.cpus_per_worker(), **gpu}
+        return ResourceRequest(self.num_workers, per_worker, self.gang, fields)
 
 
 @dataclass
@@ -37,8 +145,23 @@ class StageContext:
     run_id: str
 
 
+StageRun = Callable[[Any, StageContext], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class StageType:
+    """A stage type: its config model and its run function.
+
+    Built-in stages name their run function as ``"module:function"``, imported only when the
+    stage runs, so that reading and validating a spec never imports torch, Ray or DALI.
+    """
+
     config: type[StageConfig]
-    run: Callable[[Any, StageContext], dict[str, Any]]
+    run: str | StageRun
     outputs: tuple[str, ...] = ()  # the headline files, shown in the run summary
+
+    def runner(self) -> StageRun:
+        if callable(self.run):
+            return self.run
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)

@@ -1,83 +1,129 @@
 """Pretrain stage: a self-supervised method trained on a Ray Train ``TorchTrainer``.
 
-The driver side lives here; what each worker runs is in ``pipelines/pretrain_worker.py``.
+This module is the stage's config: every field, its default and its meaning. Unset
+method-dependent fields take the method's defaults from ``ssl_ops.catalog``; everything that can
+be known from the spec alone (the batch splits evenly over the workers, the method gets the
+views it needs, the loss options exist) is checked here, so ``sslpipe validate`` reports it.
+Running it is ``pipelines/training/`` (``driver.run`` launches, ``worker`` is each worker's loop).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from sslpipe.datasets.ingest import read_manifest, split_shards
-from sslpipe.datasets.recipes import (
-    PRESETS,
-    ViewOverrides,
-    ViewRecipe,
-    apply_overrides,
-    get_recipe,
+from sslpipe.datasets.recipes import ViewEntry, ViewOverride, ViewRecipe, Views, resolve_views
+from sslpipe.ssl_ops.catalog import (
+    BACKBONE_NAMES,
+    LR_SCHEDULES,
+    METHODS,
+    OPTIMIZER_NAMES,
+    MethodCard,
+    get_method,
 )
-from sslpipe.ssl_ops import BACKBONES, METHODS, get_method
-from sslpipe.ssl_ops.optim import OPTIMIZERS
 
-from ..errors import UserError, did_you_mean
-from ..interrupt import stop_hook, stop_requested
-from ..plugins import add_plugins
-from ..ray_runtime import ensure_ray
+from ..errors import did_you_mean
+from ..plugins import add_plugins, plugin_names
 from ..registry import ModelRegistry
-from .base import StageConfig, StageContext
+from .base import MachineProblem, ShardReaderConfig, folder_problem
 
+# Plugin methods are catalog cards (plain data); plugin backbones are only named here and
+# loaded by the training worker.
 add_plugins("sslpipe.methods", METHODS)
-add_plugins("sslpipe.backbones", BACKBONES)
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
-BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
-RecipeName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
-
-STOP_FILE = "stop"  # <workdir>/.<run>.stop asks the workers to checkpoint and return
-WARM_START_WEIGHTS = "backbone.safetensors"  # written by the export stage
-MODEL_FILES = ("backbone.pt", "encoder.pt", "model.json", "history.jsonl")
+BackboneName = Literal[tuple([*BACKBONE_NAMES, *plugin_names("sslpipe.backbones")])]  # type: ignore[valid-type]
+OptimizerName = Literal[OPTIMIZER_NAMES]  # type: ignore[valid-type]
+ScheduleName = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
 
 
-class PretrainConfig(StageConfig):
-    """Unset method-dependent fields take the method's defaults from ``ssl_ops.METHODS``."""
+class PretrainConfig(ShardReaderConfig):
+    """Unset method-dependent fields take the method's defaults (``ssl_ops.catalog``)."""
 
+    gang: ClassVar[bool] = True  # a Ray Train worker group: every worker at once
     inputs: ClassVar[dict[str, str]] = {"data": "ingest"}
 
     type: Literal["pretrain"]
     data: str = Field(description="name of the ingest stage to train on")
-    method: MethodName = "vicreg"
-    backbone: BackboneName = "resnet18"
-    cifar_stem: bool = False
-    projector: list[int] | None = Field(None, description="projector widths; method default")
-    views: RecipeName | None = Field(None, description="view recipe preset; method default")
-    view_overrides: ViewOverrides = Field(  # type: ignore[valid-type]
-        default_factory=ViewOverrides, description="recipe fields to change on every view"
+    method: MethodName = Field("vicreg", description="the method (ssl_ops.catalog)")
+    method_options: dict[str, int | float | bool | str | list[int]] = Field(
+        default_factory=dict,
+        description="model settings of the method (e.g. predictor widths, target momentum)",
     )
-    epochs: int = Field(100, gt=0)
-    global_batch_size: int = Field(256, gt=1)
-    optimizer: OptimizerName | None = None
+    backbone: BackboneName = Field("resnet18", description="the network trained and exported")
+    cifar_stem: bool = Field(
+        False, description="ResNet stem for 32 px images: 3×3 stride-1 conv, no max-pool"
+    )
+    separate_branches: bool = Field(
+        False,
+        description="two branches that share no weights (VICReg, Barlow Twins): view 1 goes "
+        "through a second backbone and projector",
+    )
+    branch_backbone: BackboneName | None = Field(
+        None, description="the second branch's backbone with separate_branches (default: backbone)"
+    )
+    projector: list[int] | None = Field(None, description="projector widths; method default")
+    views: Views | None = Field(
+        None,
+        validate_default=True,
+        description="a view preset, or a list of views: {preset, index, repeat, fields to "
+        "change} or a recipe spelled out; method default",
+    )
+    view_overrides: ViewOverride = Field(
+        default_factory=ViewOverride,
+        validate_default=True,
+        description="recipe fields to change on every view, or with view: i on view i",
+    )
+    epochs: int = Field(100, gt=0, description="passes over the train split")
+    global_batch_size: int = Field(
+        256,
+        gt=1,
+        description="images per optimizer step over all workers (each takes an equal share)",
+    )
+    optimizer: OptimizerName | None = Field(None, description="method default")
     base_lr: float | None = Field(None, gt=0, description="lr = base_lr × global_batch / 256")
-    weight_decay: float | None = Field(None, ge=0)
-    warmup_epochs: float = Field(10, ge=0)
-    loss: dict[str, int | float] = Field(default_factory=dict, description="objective keyword args")
-    num_workers: int = Field(2, gt=0)
-    use_gpu: bool = False
-    dali_threads: int = Field(2, gt=0)
-    seed: int = 0
+    weight_decay: float | None = Field(None, ge=0, description="method default")
+    warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; method default")
+    lr_schedule: ScheduleName | None = Field(
+        None,
+        description="after warm-up: cosine decay to 0.001 × lr, or step decay (×lr_drop_factor "
+        "at each of lr_drop_epochs); method default",
+    )
+    lr_drop_epochs: list[int] = Field(
+        [50, 25], description="step schedule: drop this many epochs before the end (W-MSE)"
+    )
+    lr_drop_factor: float = Field(0.2, gt=0, le=1, description="step schedule: lr multiplier")
+    loss: dict[str, int | float | bool | str] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="objective options (method defaults; the method's card lists them)",
+    )
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (one GPU each with use_gpu)")
+    use_gpu: bool = Field(False, description="one GPU per worker: DALI on it, bf16, channels_last")
+    seed: int = Field(0, description="weights, data order and augmentations")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast on GPU")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
-    log_every_steps: int = Field(10, gt=0)
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="and at epoch ends")
-    checkpoints_to_keep: int = Field(2, gt=0)
+    log_every_steps: int = Field(
+        10,
+        gt=0,
+        description="history record, progress line, guard checks and stop-request check "
+        "every this many steps (the only host synchronisations of the loop)",
+    )
+    checkpoint_every_epochs: int = Field(1, gt=0, description="checkpoint at every n-th epoch end")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="and every n steps")
+    checkpoints_to_keep: int = Field(2, gt=0, description="the newest kept in storage_path")
     max_failures: int = Field(0, ge=0, description="worker-group restarts from a checkpoint")
     monitor_every_steps: int = Field(50, gt=0, description="RankMe, online probe, collapse")
     collapse_std_threshold: float = Field(
         0.05, ge=0, description="stop when √D·std(normalised z) stays below this; 0 disables"
     )
     collapse_patience: int = Field(3, gt=0, description="consecutive low-std checks to stop")
+    synthetic_data: bool = Field(
+        False,
+        description="replay the first batch from device memory instead of reading data: the "
+        "step time without the loader (benchmarks)",
+    )
     storage_path: str | None = Field(
         None,
         description="where Ray Train keeps this stage's checkpoints: a path every node sees or "
@@ -89,129 +135,180 @@ class PretrainConfig(StageConfig):
         "(random init while it has none); not part of the fingerprint",
     )
 
+    @field_validator("method_options")
+    @classmethod
+    def _method_options_exist(cls, options: dict[str, Any], info: ValidationInfo) -> dict:
+        if card := _card(info):
+            _check_names(options, card.options, f"an option of {card.name}")
+        return options
+
+    @field_validator("separate_branches")
+    @classmethod
+    def _branches_allowed(cls, separate: bool, info: ValidationInfo) -> bool:
+        if separate and (card := _card(info)) and not card.separate_branches:
+            allowed = ", ".join(n for n, c in METHODS.items() if c.separate_branches)
+            raise ValueError(f"{card.name} trains one shared branch (separate: {allowed})")
+        return separate
+
+    @field_validator("branch_backbone")
+    @classmethod
+    def _branch_needs_separation(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if name is not None and not info.data.get("separate_branches"):
+            raise ValueError("set separate_branches: true to give the second branch a backbone")
+        return name
+
     @field_validator("loss")
     @classmethod
     def _loss_options_exist(cls, loss: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "method" not in info.data:  # the method itself is invalid: reported on its own
+        card = _card(info)
+        if card is None:
             return loss
-        method = info.data["method"]
-        allowed = get_method(method).loss_options()
-        for key in loss:
-            if key not in allowed:
-                raise ValueError(
-                    f"{key!r} is not an option of {method}'s loss{did_you_mean(key, allowed)} "
-                    f"(allowed: {', '.join(allowed)})"
-                )
+        _check_names(loss, card.loss, f"an option of {card.name}'s loss")
+        options = card.loss_kwargs(loss)
+        if "w_size" in options:
+            dims = info.data.get("projector") or card.projector
+            _check_whitening(int(options["w_size"]), info.data.get("global_batch_size"), dims[-1])
         return loss
 
-    @model_validator(mode="after")
-    def _views_are_valid(self) -> PretrainConfig:
-        self.recipes()
-        return self
+    @field_validator("num_workers")
+    @classmethod
+    def _batch_splits_evenly(cls, workers: int, info: ValidationInfo) -> int:
+        batch = info.data.get("global_batch_size")
+        if batch is not None and batch % workers:
+            raise ValueError(
+                f"global_batch_size {batch} is not divisible by num_workers {workers}; each "
+                f"worker takes an equal share (e.g. {batch - batch % workers} or "
+                f"{batch + workers - batch % workers})"
+            )
+        return workers
+
+    @field_validator("views")
+    @classmethod
+    def _views_fit_the_method(
+        cls, views: list[ViewEntry] | None, info: ValidationInfo
+    ) -> list[ViewEntry] | None:
+        card = _card(info)
+        if card is None:
+            return views
+        recipes = resolve_views(card.views if views is None else views)
+        given = _views_name(views, card)
+        images = [r for r in recipes if r.jigsaw is None]
+        if card.jigsaw and len(images) == len(recipes):
+            raise ValueError(f"{card.name} needs a jigsaw view (e.g. views: pirl)")
+        if not card.jigsaw and len(images) < len(recipes):
+            raise ValueError(f"{given} include a jigsaw view, which {card.name} cannot use")
+        if card.num_views is not None and len(images) != card.num_views:
+            raise ValueError(
+                f"{card.name} takes {card.num_views} image view(s), {given} give {len(images)}"
+            )
+        if card.num_views is None and len(images) < 2:
+            raise ValueError(f"{card.name} needs at least 2 views, {given} give 1")
+        if info.data.get("separate_branches") and len(recipes) != 2:
+            raise ValueError(
+                f"separate_branches needs exactly 2 views, {given} give {len(recipes)}"
+            )
+        return views
+
+    @field_validator("view_overrides")
+    @classmethod
+    def _overrides_fit_the_views(
+        cls, overrides: ViewOverride, info: ValidationInfo
+    ) -> ViewOverride:
+        card = _card(info)
+        if card is not None and "views" in info.data:
+            views = info.data["views"]
+            overrides.apply(resolve_views(card.views if views is None else views))
+        return overrides
+
+    def card(self) -> MethodCard:
+        return get_method(self.method)
 
     def recipes(self) -> list[ViewRecipe]:
-        recipes = get_recipe(self.views or get_method(self.method).views)
-        return apply_overrides(recipes, self.view_overrides.model_dump(exclude_none=True))
+        """The views the loader makes: ``views`` (or the method's) with ``view_overrides``."""
+        views = self.card().views if self.views is None else self.views
+        return resolve_views(views, self.view_overrides)
 
-    def resolved(self) -> dict[str, Any]:
-        """Optimizer settings with the method defaults filled in."""
-        method = get_method(self.method)
-        return {
-            "projector": list(self.projector or method.projector),
-            "optimizer": self.optimizer or method.optimizer,
-            "base_lr": self.base_lr if self.base_lr is not None else method.base_lr,
-            "weight_decay": (
-                self.weight_decay if self.weight_decay is not None else method.weight_decay
-            ),
-            # The method's separate bias/norm lr applies only with its own base_lr.
-            "bias_lr": method.lr_biases if self.base_lr is None else None,
-        }
+    def projector_dims(self) -> tuple[int, ...]:
+        return tuple(self.projector or self.card().projector)
+
+    def loss_options(self) -> dict[str, Any]:
+        return self.card().loss_kwargs(self.loss)
+
+    def optimizer_name(self) -> str:
+        return self.optimizer or self.card().optimizer
+
+    def schedule_name(self) -> str:
+        return self.lr_schedule or self.card().lr_schedule
+
+    def warmup_epochs_value(self) -> float:
+        return self.card().warmup_epochs if self.warmup_epochs is None else self.warmup_epochs
+
+    def weight_decay_value(self) -> float:
+        return self.card().weight_decay if self.weight_decay is None else self.weight_decay
+
+    def learning_rate(self) -> float:
+        """``base_lr × global_batch / 256`` for methods that scale linearly, else ``base_lr``."""
+        base_lr = self.card().base_lr if self.base_lr is None else self.base_lr
+        return self._scaled(base_lr)
+
+    def bias_learning_rate(self) -> float | None:
+        """The method's own lr for biases and norm parameters; only with its own base_lr."""
+        card = self.card()
+        if card.lr_biases is None or self.base_lr is not None:
+            return None
+        return self._scaled(card.lr_biases)
+
+    def _scaled(self, base_lr: float) -> float:
+        if self.card().lr_scaling == "linear":
+            return base_lr * self.global_batch_size / 256
+        return base_lr
+
+    def machine_problems(self) -> list[MachineProblem]:
+        problems = []
+        if self.warm_start is not None:
+            registry = Path(self.warm_start)
+            if registry.exists() and not ModelRegistry(registry).is_registry():
+                message = f"{registry} is not a model registry (no versions, latest or history)"
+                problems.append(MachineProblem(("warm_start",), message, 2))
+        if self.storage_path is not None and "://" not in self.storage_path:
+            found = folder_problem(Path(self.storage_path), ("storage_path",), "storage_path")
+            problems += [found] if found else []
+        return problems
 
 
-def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-        TrainingFailedError,
-    )
-    from ray.train.torch import TorchTrainer
+def _views_name(views: list[ViewEntry] | None, card: MethodCard) -> str:
+    """How a message names the views: by the preset's name when they are one whole preset."""
+    if views is None:
+        return f"its default views {card.views!r}"
+    if len(views) == 1 and views[0].preset and not views[0].given("preset"):
+        return f"the views of {views[0].preset!r}"
+    return "the views"
 
-    from ..pretrain_worker import train_worker
 
-    if config.global_batch_size % config.num_workers:
-        raise UserError(
-            f"stage {config.name!r}: global_batch_size {config.global_batch_size} is not "
-            f"divisible by num_workers {config.num_workers}"
+def _card(info: ValidationInfo) -> MethodCard | None:
+    """The method's card, or None when the method itself is invalid (reported on its own)."""
+    method = info.data.get("method")
+    return METHODS.get(method) if method else None
+
+
+def _check_names(given: dict[str, Any], allowed: Any, what: str) -> None:
+    names = sorted(allowed)
+    for key in given:
+        if key not in allowed:
+            listing = ", ".join(names) if names else "none"
+            hint = did_you_mean(key, names)
+            raise ValueError(f"{key!r} is not {what}{hint} (allowed: {listing})")
+
+
+def _check_whitening(w_size: int, batch: int | None, dim: int) -> None:
+    """W-MSE whitens sub-batches of ``w_size`` rows of the global batch (``wmse_loss``)."""
+    if batch is not None and batch % w_size:
+        raise ValueError(
+            f"w_size {w_size} must divide global_batch_size {batch} (W-MSE whitens sub-batches "
+            "of w_size samples)"
         )
-    manifest = read_manifest(ctx.inputs["data"])
-    warm_start = _warm_start_weights(config)
-    ensure_ray()
-    # Named by the stage fingerprint: a rerun after a crash resumes this run's latest
-    # checkpoint, a changed config starts afresh.
-    run_name = f"{config.name}-{ctx.run_id}"
-    stop_file = (ctx.workdir / f".{run_name}.{STOP_FILE}").resolve()
-    stop_file.unlink(missing_ok=True)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "shards": [str(p.resolve()) for p in split_shards(ctx.inputs["data"], "train")],
-            "num_samples": manifest["splits"]["train"]["num_samples"],
-            "num_classes": manifest["num_classes"],
-            "data_fingerprint": manifest["source_fingerprint"],
-            "warm_start": warm_start,
-            "stop_file": str(stop_file),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": 1} if config.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=config.storage_path or str((ctx.workdir / "_ray").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
-    )
-    try:
-        with stop_hook(lambda: _touch(stop_file)):
-            result = trainer.fit()
-    except TrainingFailedError as error:
-        raise UserError(f"stage {config.name!r}: {_root_cause(error)}") from None
-    if stop_requested():
-        stop_file.unlink(missing_ok=True)
-        raise KeyboardInterrupt(f"{stop_requested()}: stopped at step {result.metrics['step']}")
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        for name in MODEL_FILES:
-            shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
-    return {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-
-
-def _warm_start_weights(config: PretrainConfig) -> str | None:
-    """The promoted backbone's weights file, resolved now so a promotion mid-run changes
-    nothing; None without ``warm_start`` or before the registry's first promotion."""
-    if config.warm_start is None:
-        return None
-    latest = ModelRegistry(config.warm_start).latest()
-    if latest is None:
-        print(f"[{config.name}] {config.warm_start} has no promoted model yet: random init")
-        return None
-    weights = latest / WARM_START_WEIGHTS
-    if not weights.is_file():
-        raise UserError(f"stage {config.name!r}: warm_start: {weights} does not exist")
-    print(f"[{config.name}] warm start from {latest}", flush=True)
-    return str(weights)
-
-
-def _touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-
-
-def _root_cause(error: BaseException) -> str:
-    """The last line of the worker's error (Ray wraps it in several layers)."""
-    text = str(error).strip().splitlines()
-    return next((line for line in reversed(text) if line.strip()), repr(error))
+    if w_size <= dim:
+        raise ValueError(
+            f"w_size {w_size} must exceed the embedding dimension {dim} (the projector's last "
+            "width), or the sub-batch covariance is singular"
+        )
