@@ -127,20 +127,20 @@ FULL = Sizes(
     probe_seconds=15.0,
 )
 SMOKE = Sizes(
-    images=48,
+    images=32,
     backbone="small_cnn",
     projector=(64, 64, 64),
-    step_batches=(4, 8),
+    step_batches=(4,),
     real_batch=8,
     loss_batch=64,
     loss_dim=64,
-    threads=(1, 2),
+    threads=(1,),
     loader_threads=1,
     hw_decoder_loads=(0.65,),
-    loader_seconds=1.0,
+    loader_seconds=0.3,
     warmup_steps=1,
     timed_steps=2,
-    probe_seconds=1.0,
+    probe_seconds=0.3,
 )
 
 

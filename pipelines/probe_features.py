@@ -36,6 +36,7 @@ from sslpipe.datasets.recipes import ViewRecipe, get_recipe
 from sslpipe.datasets.shards import count_samples
 
 from .errors import UserError
+from .stages.base import WORKER_COMPUTE_THREADS
 
 LABELS = "labels"
 FEATURE_DTYPE = np.float16
@@ -283,6 +284,7 @@ def extract_share(
 ) -> dict[str, Any]:
     """One task's part: the features of its runs of every split, written into the files of
     ``directory``; returns ``{"node", "images"}``."""
+    torch.set_num_threads(WORKER_COMPUTE_THREADS)
     models = prepare(backbones, settings.device)
     images = 0
     for split, split_runs in runs.items():

@@ -36,7 +36,7 @@ from .probe_features import (
 )
 from .probes import Features, knn_probe, linear_probe
 from .ray_runtime import ensure_ray
-from .stages.base import StageContext
+from .stages.base import WORKER_COMPUTE_THREADS, StageContext
 
 if TYPE_CHECKING:
     from .stages.probe import ProbeConfig
@@ -89,6 +89,7 @@ def probe_backbone(
     directory: Path, name: str, num_classes: int, config: ProbeConfig
 ) -> dict[str, Any]:
     """Every probe kind of ``config`` on backbone ``name``'s train and test features."""
+    torch.set_num_threads(WORKER_COMPUTE_THREADS)
     device = torch.device("cuda") if config.use_gpu else torch.device("cpu")
     train, test = (load_features(directory, split, name) for split in SPLITS)
     return {kind: PROBES[kind](train, test, num_classes, config, device) for kind in config.kinds}

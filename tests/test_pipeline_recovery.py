@@ -49,7 +49,7 @@ class Run:
         return self.process.wait(timeout=timeout)
 
     def kill_leftovers(self) -> None:
-        """What a dead machine would take with it: Ray's helpers the driver started."""
+        """What a dead machine would take with it: whatever the driver started."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
 
@@ -58,7 +58,10 @@ def _state(workdir: Path, stage: str) -> dict:
     return json.loads((workdir / stage / "state.json").read_text())
 
 
-def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path) -> None:
+def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path, ray_cleanup) -> None:
+    """The runs join the session's Ray head (``ray_cleanup``): a killed driver's Ray Train
+    controller and workers die with it, as its actors; the quickstart test covers a driver
+    that starts and stops Ray itself."""
     workdir = tmp_path / "runs"
 
     # 1. SIGTERM mid-pretrain: the workers checkpoint, the run stops cleanly.

@@ -69,6 +69,10 @@ def test_every_stage_published_its_outputs_and_state(quickstart) -> None:
     history = [json.loads(line) for line in (workdir / "pretrain" / "history.jsonl").open()]
     steps = [record["step"] for record in history]  # a record per sync point
     assert steps == sorted(set(steps)) and steps[-1] == EPOCHS * (4800 // 128)
+    assert {"loss", "invariance", "variance", "covariance", "lr"} <= set(history[0])
+    assert all(np.isfinite(record["loss"]) for record in history)
+    checkpoints = list((workdir / "_ray").glob("pretrain-*/checkpoint_20*"))
+    assert len(checkpoints) == 2  # one per epoch, the newest two kept
     assert str(workdir / "probe" / "metrics.json") in output
     assert str(workdir / "export" / "model.onnx") in output
     assert not (workdir / ".staging").exists() or not any((workdir / ".staging").iterdir())

@@ -101,6 +101,12 @@ class StageConfig(BaseModel):
         return []
 
 
+# Torch threads of a pretrain worker or probe task: the one CPU it reserves beside its loader's.
+# Ray would give torch every reserved CPU (OMP_NUM_THREADS), so that torch and the loader
+# threads oversubscribe the cores; on a busy 2-core machine that made a run three times slower.
+WORKER_COMPUTE_THREADS = 1
+
+
 class ShardReaderConfig(StageConfig):
     """Base of the stages that read shards on Ray workers (pretrain, probe): the loader fields;
     ``datasets/loaders.py`` has the loaders. README "Loaders" says when to pick which."""
@@ -123,8 +129,8 @@ class ShardReaderConfig(StageConfig):
     )
 
     def cpus_per_worker(self) -> int:
-        """The loader's threads and the worker's own."""
-        return self.dali_threads + 1
+        """The loader's threads and the worker's own (``WORKER_COMPUTE_THREADS``)."""
+        return self.dali_threads + WORKER_COMPUTE_THREADS
 
     def resource_request(self) -> ResourceRequest:
         """``num_workers`` bundles of the loader's CPUs, and a GPU each with ``use_gpu``;

@@ -42,6 +42,7 @@ from sslpipe.ssl_ops import (
 from sslpipe.ssl_ops.checks import strict_checks
 
 from ..model_io import ModelDescription
+from ..stages.base import WORKER_COMPUTE_THREADS
 from .batches import ReplayLoader, TimedLoader, prepare_batch
 from .checkpoint import TrainState, report
 from .job import PretrainJob
@@ -339,4 +340,5 @@ def train_worker(job: PretrainJob) -> None:
     # Ray Train logs every report and checkpoint at INFO; the stage prints its own progress.
     for name in ("", "ray", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(WORKER_COMPUTE_THREADS)
     Trainer(job).run()
