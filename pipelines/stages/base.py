@@ -103,7 +103,8 @@ class StageConfig(BaseModel):
 
 # Torch threads of a pretrain worker or probe task: the one CPU it reserves beside its loader's.
 # Ray would give torch every reserved CPU (OMP_NUM_THREADS), so that torch and the loader
-# threads oversubscribe the cores; on a busy 2-core machine that made a run three times slower.
+# threads oversubscribe the cores (two quickstarts side by side on 2 cores: probe and export
+# 140 s instead of 50 s; README, "Resources").
 WORKER_COMPUTE_THREADS = 1
 
 
