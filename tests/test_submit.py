@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_clusters import RayHead, free_ports, start_head
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "pipelines/examples/quickstart.yaml"
@@ -41,64 +39,30 @@ def _get(url: str) -> str:
         return response.read().decode()
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (all held open together, so none is handed out twice)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def _wait_for_dashboard(url: str, head: subprocess.Popen, temp_dir: Path) -> None:
+def _wait_for_dashboard(head: RayHead) -> None:
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and head.poll() is None:
+    while time.monotonic() < deadline:
         try:
-            _get(f"{url}/api/version")
+            _get(f"{head.dashboard}/api/version")
             return
         except OSError:
             time.sleep(1)
-    logs = [temp_dir / "ray-start.log", temp_dir / "session_latest/logs/dashboard.log"]
-    tails = "\n".join(p.read_text()[-2000:] for p in logs if p.exists())
-    raise RuntimeError(f"no Ray dashboard at {url} (ray start: {head.poll()}):\n{tails}")
-
-
-def _stop(head: subprocess.Popen) -> None:
-    """Stop this head and everything it started (its own process group), nothing else."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        head.wait(timeout=3)
-    with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
-        os.killpg(head.pid, signal.SIGKILL)
-    head.wait(timeout=10)
+    log = head.temp_dir / "session_latest/logs/dashboard.log"
+    tail = log.read_text()[-2000:] if log.exists() else ""
+    raise RuntimeError(f"no Ray dashboard at {head.dashboard}:\n{tail}")
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    """A Ray head with its dashboard on loopback; yields the dashboard's address."""
+    """A Ray head with its dashboard on loopback and the test's token; yields the dashboard's
+    address. 4 logical CPUs: the quickstart's two workers take dali_threads + 1 each."""
     temp_dir = Path("/tmp") / f"sslsub-{os.getpid()}"
-    temp_dir.mkdir()
-    dashboard, client, metrics, agent = _free_ports(4)
-    bin_dir = Path(sys.executable).parent
-    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}"}  # jobs run `sslpipe`
-    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--port=0"]
-    command += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
-    command += ["--include-dashboard=true", f"--dashboard-port={dashboard}"]
-    command += [f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}"]
-    command += [f"--dashboard-agent-listen-port={agent}"]
-    # 4 logical CPUs: the quickstart's two workers take dali_threads + 1 each.
-    command += [f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats"]
-    with (temp_dir / "ray-start.log").open("w") as log:
-        head = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{dashboard}"
+    head = start_head(temp_dir, num_cpus=4, env=ENV)
     try:
-        _wait_for_dashboard(url, head, temp_dir)
-        yield url
+        _wait_for_dashboard(head)
+        yield head.dashboard
     finally:
-        _stop(head)
+        head.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -181,7 +145,7 @@ def test_invalid_spec_fails_before_anything_is_sent(ray_head: str, tmp_path: Pat
 
 def test_addresses_that_cannot_work_are_one_line(tmp_path: Path) -> None:
     workdir = f"workdir={tmp_path / 'runs'}"
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     result = _submit(QUICKSTART, "--address", f"127.0.0.1:{port}", "--set", workdir)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1
