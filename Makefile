@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench clean wheelhouse
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,15 @@ lint: $(INSTALLED)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The offline install for GPU nodes without network (docs/offline-install.md): one folder of
+# parts of at most PART_MIB MiB per variant under WHEELHOUSE (gitignored build/).
+PYTHON_VERSION ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+WHEELHOUSE ?= build/wheelhouse
+VARIANTS ?= full torchless
+PART_MIB ?= 60
+
+wheelhouse: $(INSTALLED)
+	$(BIN)/python deploy/wheelhouse.py --python-version $(PYTHON_VERSION) --platform $(PLATFORM) \
+		--out $(WHEELHOUSE) $(foreach variant,$(VARIANTS),--variant $(variant)) --part-mib $(PART_MIB)

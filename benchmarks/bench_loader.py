@@ -2,6 +2,10 @@
 their decode-only floors, in one run.
 
     .venv/bin/python benchmarks/bench_loader.py [--images 2000] [--seconds 20] [--json]
+    # before/after: the graph of another commit beside today's, in the same run
+    git show <commit>:datasets/dali_views.py > /tmp/before_dali_views.py
+    .venv/bin/python benchmarks/bench_loader.py --rows plain,dali \\
+        --compare-graph /tmp/before_dali_views.py
     # the GPU sweep: every combination of the listed settings, DALI on the GPU
     .venv/bin/python benchmarks/bench_loader.py --device gpu --recipes vicreg,pirl,multicrop \\
         --threads 4,8,12 --decode once,per_view --hw-decoder-load 0.65,0.9 --prefetch 2,3
@@ -14,7 +18,11 @@ counted (start-up, shuffle buffers, what the loader queued meanwhile).
 On the CPU (the default) the rows are: ``plain``, VICReg's augmentations as people write them
 with webdataset + torchvision v2 + PIL blur and a DataLoader (``plain_vicreg_batches``; only
 for ``vicreg``); our ``torch`` backend; ``dali`` on the CPU with each decode mode; and the
-decode-only floors. Threads / worker processes are ``--threads`` for every loader.
+decode-only floors (``--rows`` picks among them). Threads / worker processes are
+``--threads`` for every loader. Each DALI row also reports its rate over the ``plain`` row's in
+the same round (rows are measured in turn, so both see the same machine load), and
+``--compare-graph`` adds a row per given copy of ``datasets/dali_views.py`` (its
+``DaliViewLoader`` with the same settings), kept outside the repository.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import itertools
 import json
 import os
@@ -46,7 +55,7 @@ from torchvision.transforms import v2
 
 from sslpipe.datasets.ingest import ingest, split_shards
 from sslpipe.datasets.loader_bench import batches, describe, time_batches
-from sslpipe.datasets.loaders import LoaderConfig
+from sslpipe.datasets.loaders import LoaderConfig, with_defaults
 from sslpipe.datasets.recipes import apply_overrides, get_recipe
 from sslpipe.datasets.shards import LABEL_EXT, decode_label
 from sslpipe.datasets.sources import ImageFolderSource
@@ -112,6 +121,21 @@ def plain_vicreg_batches(shards: list[Path], batch_size: int, workers: int) -> I
             yield len(labels)
 
 
+def compared_graph_batches(
+    path: Path, shards: list[Path], recipes: list, config: LoaderConfig
+) -> Iterator[int]:
+    """The batch sizes of the ``DaliViewLoader`` of another copy of ``datasets/dali_views.py``
+    (imported as a module of ``sslpipe.datasets``, so that its relative imports resolve)."""
+    spec = importlib.util.spec_from_file_location(f"sslpipe.datasets.{path.stem}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loader = module.DaliViewLoader(shards, recipes, with_defaults(config, shards))
+    while True:
+        for _, labels, *_ in loader:
+            yield len(labels)
+
+
 # Where the time goes in the DALI graph: the vicreg views with later steps switched off.
 NO_COLOUR = {"jitter_p": 0, "grayscale_p": 0, "blur_p": 0, "solarize_p": 0, "flip_p": 0}
 BREAKDOWN = {
@@ -141,6 +165,9 @@ class Row:
         gc.collect()
 
 
+ROWS = ("plain", "torch", "dali", "floors")
+
+
 def _list(kind):
     return lambda text: [kind(x) for x in text.split(",")]
 
@@ -151,22 +178,24 @@ def _rows(args: argparse.Namespace, shards: list[Path]) -> list[Row]:
     for recipe, threads in itertools.product(args.recipes, args.threads):
         base = LoaderConfig(batch_size=args.batch_size, num_threads=threads, device=args.device)
         recipes = get_recipe(recipe)
-        if cpu and recipe == "vicreg":
+        if cpu and recipe == "vicreg" and "plain" in args.rows:
             info = {"backend": "plain", "device": "cpu", "num_threads": threads, "views": 2}
             start = partial(plain_vicreg_batches, shards, args.batch_size, threads)
             rows.append(Row({**info, "recipe": recipe}, start))
-        if cpu:
+        if cpu and "torch" in args.rows:
             info = describe(base, backend="torch", views=len(recipes))
             start = partial(batches, shards, recipes, base, backend="torch")
             rows.append(Row({**info, "recipe": recipe}, start))
-        for decode, prefetch, hw_load in itertools.product(
-            args.decode, args.prefetch, args.hw_decoder_load
-        ):
+        combinations = itertools.product(args.decode, args.prefetch, args.hw_decoder_load)
+        for decode, prefetch, hw_load in combinations if "dali" in args.rows else ():
             config = dataclasses.replace(
                 base, decode=decode, prefetch=prefetch, hw_decoder_load=hw_load
             )
             info = describe(config, backend="dali", views=len(recipes))
             rows.append(Row({**info, "recipe": recipe}, partial(batches, shards, recipes, config)))
+            for path in args.compare_graph:
+                start = partial(compared_graph_batches, path, shards, recipes, config)
+                rows.append(Row({**info, "recipe": f"{recipe}, graph {path.name}"}, start))
     if args.breakdown:
         config = LoaderConfig(batch_size=args.batch_size, num_threads=args.threads[0],
                               device=args.device, decode="once")  # fmt: skip
@@ -176,7 +205,7 @@ def _rows(args: argparse.Namespace, shards: list[Path]) -> list[Row]:
             rows.append(Row(info, partial(batches, shards, recipes, config)))
     config = LoaderConfig(batch_size=args.batch_size, num_threads=args.threads[0],
                           device=args.device)  # fmt: skip
-    for backend in ("dali", "torch") if cpu else ("dali",):
+    for backend in (("dali", "torch") if cpu else ("dali",)) if "floors" in args.rows else ():
         info = {**describe(config, backend=backend, views=None, decode_only=True),
                 "recipe": "decode only"}  # fmt: skip
         start = partial(batches, shards, [], config, backend=backend, decode_only=True)
@@ -199,6 +228,15 @@ def main() -> None:
         "--hw-decoder-load", type=_list(float), default=[LoaderConfig(1).hw_decoder_load]
     )
     parser.add_argument("--breakdown", action="store_true", help="DALI rows per graph step")
+    parser.add_argument(
+        "--rows", type=_list(str), default=list(ROWS), help=f"among {', '.join(ROWS)}"
+    )
+    parser.add_argument(
+        "--compare-graph",
+        type=_list(Path),
+        default=[],
+        help="copies of datasets/dali_views.py (e.g. of another commit) to time beside it",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,12 +247,17 @@ def main() -> None:
         for _ in range(args.rounds):
             for row in rows:
                 row.measure(args.seconds)
+        plain = next((row for row in rows if row.info["backend"] == "plain"), None)
         for row in rows:
-            _report(row, args.json)
+            _report(row, plain, args.json)
 
 
-def _report(row: Row, as_json: bool) -> None:
+def _report(row: Row, plain: Row | None, as_json: bool) -> None:
     rates = sorted(r["images_per_s"] for r in row.rounds)
+    ratios = []
+    if plain is not None and row.info["backend"] == "dali" and row.info["mode"] == "views":
+        pairs = zip(row.rounds, plain.rounds, strict=True)
+        ratios = [round(r["images_per_s"] / p["images_per_s"], 2) for r, p in pairs]
     result = {
         **row.info,
         "images_per_s": statistics.median(rates),
@@ -222,6 +265,7 @@ def _report(row: Row, as_json: bool) -> None:
         "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in row.rounds),
         "first_batch_s": row.rounds[0]["first_batch_s"],
         "load_1min": [r["load_1min"] for r in row.rounds],
+        **({"vs_plain": statistics.median(ratios), "vs_plain_rounds": ratios} if ratios else {}),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.node()}",
     }
     if as_json:
@@ -236,7 +280,8 @@ def _report(row: Row, as_json: bool) -> None:
         f"{result['backend']:>5}-{result['device']}  {result['recipe']:<36} {settings:<38} "
         f"{result['images_per_s']:8.1f} images/s {result['cpu_ms_per_image']:6.2f} CPU ms/image "
         f"(rounds {rates}, first batch "
-        f"{result['first_batch_s']} s, load {result['load_1min']})",
+        f"{result['first_batch_s']} s, load {result['load_1min']})"
+        + (f", {result['vs_plain']}× plain (rounds {ratios})" if ratios else ""),
         flush=True,
     )
 

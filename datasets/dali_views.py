@@ -1,10 +1,11 @@
 """The ``dali`` backend: one DALI graph for GPU and CPU, built from view recipes.
 
-Reader: ``fn.readers.webdataset`` over the shards and their ``.idx`` files; each rank reads a
-contiguous ``1/num_shards`` of the samples. With ``shuffle`` the shards are put in a new order
-every epoch, the same on every rank (``shuffle_after_epoch``, seeded by the run's seed: the
-ranks' slices stay disjoint and change from epoch to epoch), and a ``shuffle_buffer``-sample
-buffer shuffles within each rank's stream with the rank's own seed.
+Input: an ``external_source`` that reads, at each step, this rank's part of the group's
+global batch (``loaders.EpochPlan``: one permutation of all samples per epoch, drawn from the
+run's seed) straight from the shards at the offsets their ``.idx`` files record
+(``sample_table``). The order is the group's, not the rank's, so a group that changes size
+continues the epoch with the samples not yet seen; DALI's own readers shard and shuffle per
+rank (``shard_id``/``num_shards``, shuffle buffers), which cannot be re-split mid-epoch.
 
 Decoding: ``decode="once"`` decodes each image once and cuts every view from it
 (``fn.random_resized_crop``), as NVIDIA's ResNet-50 example and solo-learn do;
@@ -16,31 +17,37 @@ from the pipeline seed (``loaders.rank_seed``), so two views of one image differ
 differ.
 
 Colour jitter follows torchvision's ``ColorJitter`` factors in a fixed order (brightness,
-contrast, saturation, hue; torchvision draws a random order per image): ``fn.color_twist``
-centres contrast on mid-grey (128), so a per-image shift b·(1 − c)·(m − 128), with m the
-image's mean grey level, moves the centre to the mean as torchvision does. Grayscale is
-saturation 0 in the same op.
+contrast, saturation, hue; torchvision draws a random order per image) in one uint8
+``fn.color_twist`` pass per view, as solo-learn's DALI pipeline (``RandomColorJitter``,
+``solo/data/dali_dataloader.py:93`` at 9187ea3); unlike solo-learn, contrast is centred on the
+image's mean grey level as torchvision's is (``_colour``). Grayscale is saturation 0 in the same
+op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from .loaders import DECODE_DEFAULT, LoaderConfig, rank_seed, use_gpu
+from .loaders import DECODE_DEFAULT, EpochPlan, LoaderConfig, rank_seed, use_gpu
 from .recipes import ViewRecipe
-from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, LEGACY_EXTS, index_path
+from .sample_table import SampleReader, SampleTable
+from .shards import INDEX_EXT
 
-READER_NAME = "reader"
 BACKEND = "dali"
 _INTERPOLATION = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
 _GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+# Solarization (levels ≥ 128 inverted, as torchvision's solarize at threshold 128) as a table.
+_LEVELS = list(range(256))
+_SOLARIZED = [level if level < 128 else 255 - level for level in _LEVELS]
 
 
 def _coin(p: float, dtype: types.DALIDataType = types.BOOL):
@@ -57,18 +64,26 @@ def _factor(strength: float):
     return _uniform(max(0.0, 1 - strength), 1 + strength)
 
 
-def _grey_mean(images):
-    """Per image, the mean of 0.299 R + 0.587 G + 0.114 B (same device as ``images``)."""
+def _grey_mean(images, on_gpu: bool):
+    """Per image, the mean of 0.299 R + 0.587 G + 0.114 B, on the host: the three channel means
+    leave the GPU (``.cpu()``, DALI's dynamic executor) because DALI reads op arguments there."""
     channels = fn.reductions.mean(images, axes=[0, 1])
+    if on_gpu:
+        channels = channels.cpu()
     return channels[0] * _GREY[0] + channels[1] * _GREY[1] + channels[2] * _GREY[2]
 
 
 def _colour(images, recipe: ViewRecipe, on_gpu: bool):
-    """Colour jitter (with probability ``jitter_p``) then grayscale (``grayscale_p``).
+    """Colour jitter (with probability ``jitter_p``) then grayscale (``grayscale_p``), uint8 in
+    and out, one pass over the pixels besides the mean.
 
-    ``fn.color_twist`` makes b·c·T(x) + b·(1 − c)·128 (T: hue rotation and saturation
-    scaling about the grey axis, saturation 0 = grayscale); adding b·(1 − c)·(m − 128) gives
-    torchvision's brightness-then-contrast-about-the-mean, b·(m + c·(x − m)), before T."""
+    torchvision's brightness b, contrast c about the mean grey m, then saturation and hue T
+    (which keep grey) make b·c·T(x) + b·(1 − c)·m (clamped once at the end here, after each
+    step in torchvision). ``fn.color_twist(b', c')`` makes b'·c'·T(x) + b'·(1 − c')·128
+    (DALI ``dali/operators/image/color/color_twist.h``, ``DetermineTransformation``), so
+    b' = b·g and c' = c / g with g = c + (1 − c)·m/128 give exactly that. g > 0 for every
+    contrast strength below 1 (c < 2, m < 256); above, g ≤ 0 only for bright images and the
+    twist takes the negative factors as they are (g = 0 exactly has probability 0)."""
     jitter = recipe.jitter_p >= 1 or (recipe.jitter_p > 0 and _coin(recipe.jitter_p))
     grey = _coin(recipe.grayscale_p) if recipe.grayscale_p > 0 else None
     if jitter:
@@ -76,19 +91,14 @@ def _colour(images, recipe: ViewRecipe, on_gpu: bool):
         saturation = _factor(recipe.saturation)
         if grey is not None:
             saturation = saturation * (1.0 - fn.cast(grey, dtype=types.FLOAT))
-        shift = brightness * (1.0 - contrast)
-        mean = _grey_mean(images)
-        twisted = fn.color_twist(
+        gain = contrast + (1.0 - contrast) * _grey_mean(images, on_gpu) / 128.0
+        images = fn.color_twist(
             images,
-            brightness=brightness,
-            contrast=contrast,
+            brightness=brightness * gain,
+            contrast=contrast / gain,
             saturation=saturation,
             hue=_uniform(-recipe.hue * 360.0, recipe.hue * 360.0),  # DALI hue is in degrees
-            dtype=types.FLOAT,
         )
-        if on_gpu:
-            shift = shift.gpu()
-        images = fn.cast(twisted + shift * (mean - 128.0), dtype=types.UINT8)
     elif grey is not None and grey:
         images = fn.hsv(images, saturation=0.0)
     return images
@@ -102,8 +112,7 @@ def _augment(images, recipe: ViewRecipe, on_gpu: bool):
         # 3σ and 2-3× faster on the CPU than BYOL's fixed 10%-of-the-side window.
         images = fn.gaussian_blur(images, sigma=_uniform(*recipe.blur_sigma))
     if recipe.solarize_p > 0 and _coin(recipe.solarize_p):
-        flipped = images >= 128
-        images = fn.cast(images + flipped * (255 - 2 * images), dtype=types.UINT8)
+        images = fn.lookup_table(images, keys=_LEVELS, values=_SOLARIZED, dtype=types.UINT8)
     return images
 
 
@@ -149,6 +158,8 @@ def _crop(encoded, decoded, recipe: ViewRecipe, decoder: _Decoder):
         images = fn.resize(
             images, resize_shorter=shorter, interp_type=interpolation, antialias=True
         )
+        if _crop_in_normalize(recipe):
+            return images
         return fn.crop(images, crop=(recipe.size, recipe.size))
     if decoded is None:
         return fn.resize(
@@ -168,10 +179,21 @@ def _crop(encoded, decoded, recipe: ViewRecipe, decoder: _Decoder):
     )
 
 
+def _crop_in_normalize(recipe: ViewRecipe) -> bool:
+    """Whether the view's centre crop is left to ``crop_mirror_normalize`` (a resized view with
+    no pixel op between resize and normalisation: the eval views), saving a copy of each image
+    (DeepLearningExamples ``PyTorch/Classification/ConvNets/image_classification/
+    dataloaders.py`` ``HybridValPipe`` and solo-learn ``solo/data/dali_dataloader.py:276`` crop
+    there too)."""
+    pixel_ops = (recipe.jitter_p, recipe.grayscale_p, recipe.blur_p, recipe.solarize_p)
+    return recipe.crop_scale is None and recipe.jigsaw is None and not any(pixel_ops)
+
+
 def _finish(images, recipe: ViewRecipe, on_gpu: bool):
     """Colour augmentations, random flip, then float CHW normalised by the recipe's stats."""
     images = _augment(images, recipe, on_gpu)
     mirror = _coin(recipe.flip_p, types.INT32) if recipe.flip_p > 0 else 0
+    crop = {"crop": (recipe.size, recipe.size)} if _crop_in_normalize(recipe) else {}
     return fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
@@ -179,6 +201,7 @@ def _finish(images, recipe: ViewRecipe, on_gpu: bool):
         mean=[255.0 * m for m in recipe.mean],
         std=[255.0 * s for s in recipe.std],
         mirror=mirror,
+        **crop,
     )
 
 
@@ -215,41 +238,77 @@ def _jigsaw(images, recipe: ViewRecipe, on_gpu: bool):
     return fn.stack(*patches), order
 
 
-def _extensions(ext: str) -> str:
-    """A member extension and the name shards had for it before (DALI: ';' = either)."""
-    return f"{ext};{LEGACY_EXTS[ext]}"
+class _PlanSource:
+    """The graph's input, an ``external_source`` callback: for DALI's ``BatchInfo`` (epoch and
+    iteration of this pipeline) this rank's part of that step of ``loaders.EpochPlan`` — the
+    encoded images, labels (int32) and, with ``with_index``, split indices (int64) — and
+    ``StopIteration`` at the epoch's end. The pipeline's first epoch is ``start_epoch`` from
+    step ``start_step``; DALI's checkpoints restore its epoch and iteration counters."""
+
+    def __init__(
+        self, shards: Sequence[str], config: LoaderConfig, start_epoch: int, start_step: int
+    ) -> None:
+        table = SampleTable.read([Path(s) for s in shards])
+        if config.with_index and (table.index[:, 0] < 0).any():
+            raise ValueError(f"with_index: a sample in {shards[0]} … has no {INDEX_EXT} member")
+        self.plan = EpochPlan(len(table), config)
+        self.reader = SampleReader(table, config.memory_map)
+        self.start_epoch, self.start_step = start_epoch, start_step
+        self.with_index = config.with_index
+        self._order: tuple[int, np.ndarray] | None = None
+        # The step's samples are spread over the shards: random reads, overlapped (a network
+        # filesystem answers each in ~ms).
+        self._pool = ThreadPoolExecutor(max(config.num_threads, 1), "sslpipe-samples")
+
+    @property
+    def dtypes(self) -> list[types.DALIDataType]:
+        return [types.UINT8, types.INT32, *([types.INT64] if self.with_index else [])]
+
+    def __call__(self, info: types.BatchInfo) -> tuple[list[np.ndarray], ...]:
+        epoch = self.start_epoch + info.epoch_idx
+        step = info.iteration + (self.start_step if info.epoch_idx == 0 else 0)
+        if step >= self.plan.rank_steps():
+            raise StopIteration
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.plan.order(epoch))
+        samples = self.plan.rank_samples(epoch, step, self._order[1])
+        read = list(self._pool.map(self.reader.read, samples.tolist()))
+        images = [np.frombuffer(encoded, dtype=np.uint8) for encoded, _, _ in read]
+        labels = [np.array([label], dtype=np.int32) for _, label, _ in read]
+        if not self.with_index:
+            return images, labels
+        return images, labels, [np.array([index], dtype=np.int64) for _, _, index in read]
 
 
-def _reader(shards: Sequence[str], config: LoaderConfig):
-    """``(encoded, labels)``, and the samples' split indices when ``config.with_index``."""
-    index = [_extensions(INDEX_EXT)] if config.with_index else []
-    return fn.readers.webdataset(
-        paths=list(shards),
-        index_paths=[str(index_path(Path(s))) for s in shards],
-        ext=[";".join(IMAGE_EXTS), _extensions(LABEL_EXT), *index],
-        dtypes=[types.UINT8, types.INT32, *([types.INT64] if config.with_index else [])],
-        missing_component_behavior="error",
-        shard_id=config.shard_id,
-        num_shards=config.num_shards,
-        random_shuffle=config.shuffle,
-        initial_fill=config.shuffle_buffer,
-        shuffle_after_epoch=config.shuffle,
-        **({"shuffle_after_epoch_seed": config.seed} if config.shuffle else {}),
-        dont_use_mmap=not config.memory_map,
-        pad_last_batch=True,
-        name=READER_NAME,
+def _reader(source: _PlanSource):
+    """``(encoded, labels)``, and the samples' split indices with ``with_index``."""
+    return fn.external_source(
+        source=source,
+        num_outputs=len(source.dtypes),
+        batch=True,
+        batch_info=True,
+        dtype=source.dtypes,
     )
+
+
+def _annotations(annotations: Sequence[Any], on_gpu: bool) -> list[Any]:
+    """Labels (as int64) and split indices, moved to the GPU inside the pipeline with a GPU,
+    so that the iterator copies them device to device instead of from pageable host memory
+    each step (solo-learn ``solo/data/dali_dataloader.py:318-320``: ``labels.gpu()``, int64)."""
+    labels, *indices = annotations
+    on_host = [fn.cast(labels, dtype=types.INT64), *indices]
+    return [node.gpu() for node in on_host] if on_gpu else on_host
 
 
 @pipeline_def(enable_conditionals=True)
 def _views_pipeline(
-    shards: Sequence[str],
+    source: _PlanSource,
     recipes: Sequence[ViewRecipe],
     config: LoaderConfig,
     on_gpu: bool,
     decode_once: bool,
 ):
-    encoded, *annotations = _reader(shards, config)
+    encoded, *annotations = _reader(source)
     decoder = _Decoder(config, on_gpu)
     decoded = decoder.full(encoded) if decode_once else None
     outputs = []
@@ -259,13 +318,14 @@ def _views_pipeline(
             outputs.append(_finish(images, recipe, on_gpu))
         else:
             outputs += _jigsaw(images, recipe, on_gpu)
-    return (*outputs, *annotations)
+    return (*outputs, *_annotations(annotations, on_gpu))
 
 
 @pipeline_def
 def decode_pipeline(shards: Sequence[str], config: LoaderConfig, on_gpu: bool):
-    """Read + decode only, full size: the floor a view pipeline is measured against."""
-    encoded, labels = _reader(shards, config)
+    """Read + decode only, full size: the floor a view pipeline is measured against (one
+    epoch: ``run()`` raises ``StopIteration`` at its end, ``reset()`` starts the next)."""
+    encoded, labels = _reader(_PlanSource(shards, config, 0, 0))
     return _Decoder(config, on_gpu).full(encoded), labels
 
 
@@ -278,15 +338,15 @@ def decode_once(config: LoaderConfig, on_gpu: bool) -> bool:
 
 
 class DaliViewLoader:
-    """One rank's DALI loader (``loaders.ViewLoader``); each ``iter()`` is one epoch.
+    """One rank's DALI loader (``loaders.ViewLoader``); each ``iter()`` is (the rest of) one
+    epoch, its steps those of ``loaders.EpochPlan``.
 
-    With ``drop_last`` every rank yields the same number of full batches (DALI pads each
-    rank's slice to the same length, the iterator drops the remainder); without it the last
-    batch is partial and every sample of the slice is seen exactly once.
-
-    ``state_dict()`` captures the reader position and every random generator (DALI's
-    ``enable_checkpointing``); a loader built with ``checkpoint=state`` continues mid-epoch
-    with the same samples and the same augmentations as the original would have produced.
+    ``state_dict()`` has the group's position and this rank's random generators (DALI's
+    ``enable_checkpointing``, with the epoch and step its pipeline started at): a loader built
+    with ``checkpoint=state`` continues mid-epoch with the same samples and the same
+    augmentations as the original would have produced. From the position alone (a group of
+    another size) it continues with the same samples and new augmentations, seeded by the
+    position.
     """
 
     def __init__(
@@ -297,7 +357,6 @@ class DaliViewLoader:
         *,
         checkpoint: dict[str, Any] | None = None,
     ) -> None:
-        self.shards = [str(s) for s in shards]
         self.recipes = list(recipes)
         self.config = config
         on_gpu = use_gpu(config)
@@ -307,8 +366,15 @@ class DaliViewLoader:
             for i, recipe in enumerate(self.recipes)
             for name in ([f"view{i}", f"order{i}"] if recipe.jigsaw else [f"view{i}"])
         ]
+        state = checkpoint or {}
+        self.epoch, self.consumed = state.get("epoch", 0), state.get("consumed", 0)
+        self.source = _PlanSource([str(s) for s in shards], config, self.epoch, 0)
+        plan = self.source.plan
+        self.source.start_step = plan.start_step(self.consumed)
+        if "dali" in state:  # this rank's own state: its pipeline's start and generators
+            self.source.start_epoch, self.source.start_step = state["start"]
         self.pipeline = _views_pipeline(
-            shards=self.shards,
+            source=self.source,
             recipes=self.recipes,
             config=config,
             on_gpu=on_gpu,
@@ -316,36 +382,45 @@ class DaliViewLoader:
             batch_size=config.batch_size,
             num_threads=max(config.num_threads, 1),
             device_id=None if self.device is None else self.device.index,
-            seed=rank_seed(config),
+            seed=rank_seed(config, self.epoch * plan.num_samples + self.consumed),
             prefetch_queue_depth=config.prefetch,
+            exec_dynamic=True,  # DALI 2's default; _grey_mean's GPU → host copy needs it
+            # Always on: its cost is below what bench-loader can tell apart (CPU time per
+            # image the same within 1 % with it off, benchmarks/RESULTS_datasets.md).
             enable_checkpointing=True,
-            checkpoint=None if checkpoint is None else checkpoint["dali"][0],
+            checkpoint=state["dali"][0] if "dali" in state else None,
         )
-        policy = LastBatchPolicy.DROP if config.drop_last else LastBatchPolicy.PARTIAL
         self._iterator = DALIGenericIterator(
             self.pipeline,
             [*self._names, "label", *(["index"] if config.with_index else [])],
-            reader_name=READER_NAME,
-            last_batch_policy=policy,
+            last_batch_policy=LastBatchPolicy.PARTIAL,  # the source makes only planned batches
             auto_reset=True,
         )
 
     def state_dict(self) -> dict[str, Any]:
         """Where this loader is: resume with ``build_loader(..., checkpoint=state)``."""
-        return {"backend": BACKEND, "dali": self._iterator.checkpoints()}
+        return {
+            "backend": BACKEND,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "start": [self.source.start_epoch, self.source.start_step],
+            "dali": self._iterator.checkpoints(),
+        }
 
     def __len__(self) -> int:
-        return len(self._iterator)
+        return self.source.plan.rank_steps()
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         for batch in self._iterator:
+            self.consumed += self.source.plan.global_batch
             outputs = batch[0]
             views = [
                 outputs[name].long() if name.startswith("order") else outputs[name]
                 for name in self._names
             ]
-            labels = outputs["label"].reshape(-1).long()
+            labels = outputs["label"].reshape(-1)
             if self.config.with_index:
                 yield views, labels, outputs["index"].reshape(-1)
             else:
                 yield views, labels
+        self.epoch, self.consumed = self.epoch + 1, 0

@@ -28,9 +28,12 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -91,8 +94,32 @@ def _checked(items: list[Item], source: Source, workers: int, max_pixels: int) -
         return
     # spawn, not fork: the caller may already run DALI or torch threads.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, _init_worker, (source, max_pixels)) as pool:
+    with _started_apart():
+        pool = context.Pool(workers, _init_worker, (source, max_pixels))
+    with pool:
         yield from pool.imap(_load_checked, items, chunksize=32)
+
+
+@contextmanager
+def _started_apart() -> Iterator[None]:
+    """While worker processes start: SIGINT ignored, which they inherit and Python leaves
+    ignored (Ctrl-C reaches the whole process group; the parent stops them), and the caller's
+    main module hidden, which spawn would run again in each of them (a script without a
+    ``__main__`` guard would start its own work over in every worker; from stdin, the workers
+    die at start). The workers need only this module."""
+    main = sys.modules["__main__"]
+    path, spec = main.__dict__.pop("__file__", None), getattr(main, "__spec__", None)
+    main.__spec__ = None
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if on_main_thread else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        main.__spec__ = spec
+        if path is not None:
+            main.__file__ = path
 
 
 class _Journal:
@@ -184,6 +211,13 @@ def ingest(
     partial = out_dir / PARTIAL
     journal = _Journal(partial, params)
     splits = split_items(items, val_fraction, seed)
+    if journal.num_entries:
+        kept = sum(entries[-1]["consumed"] for entries in journal.done.values() if entries)
+        print(
+            f"[ingest] resumed from image {kept} of {len(items)} "
+            f"({journal.num_entries} finished shard(s) kept)",
+            flush=True,
+        )
     bar = Progress("ingest", len(items), unit="image", bar=progress)
     rejections = list(source.rejections)
     split_info = {}

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .loaders import LOADER_BACKENDS, LoaderConfig, build_loader, use_gpu
+from .loaders import LOADER_BACKENDS, LoaderConfig, build_loader, use_gpu, with_defaults
 from .recipes import ViewRecipe
 
 # More than any loader here queues ahead (2 DataLoader workers × prefetch 2, or DALI's
@@ -76,7 +76,7 @@ def _epochs(loader: Iterable) -> Iterator[int]:
 def _dali_decode_batches(shards: Sequence[Path], config: LoaderConfig) -> Iterator[int]:
     from .dali_views import decode_pipeline
 
-    on_gpu = use_gpu(config)
+    config, on_gpu = with_defaults(config, shards), use_gpu(config)
     pipe = decode_pipeline(
         shards=[str(s) for s in shards],
         config=config,
@@ -88,7 +88,11 @@ def _dali_decode_batches(shards: Sequence[Path], config: LoaderConfig) -> Iterat
     )
     pipe.build()
     while True:
-        images, _ = pipe.run()
+        try:
+            images, _ = pipe.run()
+        except StopIteration:  # the end of an epoch
+            pipe.reset()
+            continue
         yield len(images)
 
 
@@ -120,7 +124,7 @@ def describe(
 ) -> dict[str, Any]:
     """The settings a result row reports."""
     on_gpu = backend == "dali" and use_gpu(config)
-    settings = dataclasses.asdict(config)
+    settings = dataclasses.asdict(with_defaults(config, []))
     return {
         "backend": backend,
         "device": "gpu" if on_gpu else "cpu",

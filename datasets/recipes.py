@@ -38,6 +38,50 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 VIEW_PLUGIN_GROUP = "sslpipe.views"
 
 
+MAX_SIDE = 4096  # pixels: the largest image side a view makes or a synthetic source draws
+
+
+def _pair(pair: tuple[float, float]) -> str:
+    return f"[{pair[0]:g}, {pair[1]:g}]"
+
+
+def _ascending(pair: tuple[float, float]) -> tuple[float, float]:
+    """the first at most the second"""
+    if pair[0] > pair[1]:
+        raise ValueError(f"{_pair(pair)}: the smaller value comes first: {_pair(pair[::-1])}")
+    return pair
+
+
+def _area_fractions(pair: tuple[float, float]) -> tuple[float, float]:
+    """fractions of the image area in (0, 1], the first at most the second"""
+    if not all(0 < value <= 1 for value in pair):
+        percent = all(0 < value <= 100 for value in pair)
+        hint = f"; written in percent? {_pair((pair[0] / 100, pair[1] / 100))}" if percent else ""
+        raise ValueError(f"{_pair(pair)}: areas are fractions of the image, in (0, 1]{hint}")
+    return _ascending(pair)
+
+
+def _positive_pair(pair: tuple[float, float]) -> tuple[float, float]:
+    """both greater than 0, the first at most the second"""
+    if not all(value > 0 for value in pair):
+        raise ValueError(f"{_pair(pair)}: both must be greater than 0")
+    return _ascending(pair)
+
+
+def _non_negative_pair(pair: tuple[float, float]) -> tuple[float, float]:
+    """both at least 0, the first at most the second"""
+    if not all(value >= 0 for value in pair):
+        raise ValueError(f"{_pair(pair)}: both must be at least 0")
+    return _ascending(pair)
+
+
+AreaRange = Annotated[tuple[float, float], AfterValidator(_area_fractions)]
+RatioRange = Annotated[tuple[float, float], AfterValidator(_positive_pair)]
+SigmaRange = Annotated[tuple[float, float], AfterValidator(_non_negative_pair)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]  # a pixel value on the 0-1 scale
+SpreadFloat = Annotated[float, Field(gt=0, le=1)]  # a standard deviation of such values
+
+
 class JigsawSpec(BaseModel):
     """PIRL's jigsaw view: the crop is cut into ``grid``×``grid`` cells of ``cell`` px and a
     random ``patch``×``patch`` crop is taken inside each cell; the patches come out in a random
@@ -45,9 +89,9 @@ class JigsawSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    grid: int = Field(3, ge=2)
-    cell: int = Field(85, gt=0)
-    patch: int = Field(64, gt=0)
+    grid: int = Field(3, ge=2, le=16)
+    cell: int = Field(85, gt=0, le=MAX_SIDE)
+    patch: int = Field(64, gt=0, le=MAX_SIDE)
 
 
 class ViewRecipe(BaseModel):
@@ -60,11 +104,11 @@ class ViewRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: int = Field(224, gt=0, description="output side length in pixels")
-    crop_scale: tuple[float, float] | None = Field(
+    size: int = Field(224, gt=0, le=MAX_SIDE, description="output side length in pixels")
+    crop_scale: AreaRange | None = Field(
         (0.08, 1.0), description="random-resized-crop area range; None = resize + centre crop"
     )
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_ratio: RatioRange = (3 / 4, 4 / 3)
     center_crop_fraction: float = Field(
         0.875, gt=0, le=1, description="eval views: crop side / resized shorter side"
     )
@@ -79,10 +123,10 @@ class ViewRecipe(BaseModel):
     hue: float = Field(0.1, ge=0, le=0.5)
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: SigmaRange = (0.1, 2.0)
     solarize_p: float = Field(0.0, ge=0, le=1)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[UnitFloat, UnitFloat, UnitFloat] = IMAGENET_MEAN
+    std: tuple[SpreadFloat, SpreadFloat, SpreadFloat] = IMAGENET_STD
     jigsaw: JigsawSpec | None = Field(
         None, description="cut the view into shuffled patches (colour ops and flips per patch)"
     )
@@ -136,7 +180,7 @@ def _byol_pair(**common: Any) -> list[ViewRecipe]:
 def _simsiam(**common: Any) -> ViewRecipe:
     """SimSiam's view, which spectral contrastive learning trains with
     (jhaochenz/spectral_contrastive_learning ``augmentations/simsiam_aug.py``
-    ``SimSiamTransform``, as facebookresearch/simsiam ``main_simsiam.py``): crop area 0.2–1,
+    ``SimSiamTransform``, as facebookresearch/simsiam ``main_simsiam.py:230``): crop area 0.2–1,
     jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2, blur p 0.5 (0 for 32 px images),
     torchvision's default bilinear resize."""
     return ViewRecipe(**{"crop_scale": (0.2, 1.0), "saturation": 0.4, "blur_p": 0.5, **common})
@@ -164,6 +208,47 @@ def multicrop(num_local: int = 6, *, size: int = 224, local_size: int = 96) -> l
     return [global_view, global_view] + [local_view] * num_local
 
 
+def dino_crops(
+    num_local: int = 10,
+    *,
+    size: int = 224,
+    local_size: int = 96,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+    blur: tuple[float, float, float] = (1.0, 0.1, 0.5),
+    **common: Any,
+) -> list[ViewRecipe]:
+    """DINO's multi-crop (facebookresearch/dino ``main_dino.py:419-464``
+    ``DataAugmentationDINO``): flip, jitter 0.4/0.4/0.2/0.1 with p 0.8 and grayscale p 0.2 on
+    every crop, bicubic; blur (``utils.GaussianBlur``, σ 0.1–2) with p ``blur`` = (global crop
+    1, global crop 2, local crops) = (1, 0.1, 0.5); global crop 2 solarized with p 0.2. Areas:
+    ``main_dino.py:108-117``; 10 local crops as the paper's ViT runs (the argument's default
+    is 8). The global crops come first: the teacher sees them only."""
+    common = {"interpolation": "bicubic", **common}
+    first, second, local = blur
+    global_view = {**common, "size": size, "crop_scale": global_scale}
+    return [
+        ViewRecipe(**global_view, blur_p=first, solarize_p=0.0),
+        ViewRecipe(**global_view, blur_p=second, solarize_p=0.2),
+        *[ViewRecipe(**common, size=local_size, crop_scale=local_scale, blur_p=local)] * num_local,
+    ]
+
+
+def _mae(**common: Any) -> ViewRecipe:
+    """MAE's one view (facebookresearch/mae ``main_pretrain.py:123-127``): bicubic random
+    resized crop of area 0.2–1, flip; no colour augmentation."""
+    return ViewRecipe(
+        **{
+            "crop_scale": (0.2, 1.0),
+            "interpolation": "bicubic",
+            "jitter_p": 0.0,
+            "grayscale_p": 0.0,
+            "blur_p": 0.0,
+            **common,
+        }
+    )
+
+
 # PIRL as VISSL trains it (facebookresearch/vissl
 # configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml): ImgPilToPatchesAndImage
 # (vissl/data/ssl_transforms/img_pil_to_patches_and_image.py) makes the image view, a
@@ -186,7 +271,8 @@ def _pirl() -> list[ViewRecipe]:
     ]
 
 
-_CIFAR = {"size": 32, "crop_scale": (0.08, 1.0), "mean": CIFAR_MEAN, "std": CIFAR_STD}
+# No crop_scale: each CIFAR preset keeps its method's area (SimSiam and W-MSE 0.2–1).
+_CIFAR = {"size": 32, "mean": CIFAR_MEAN, "std": CIFAR_STD}
 
 
 def _pirl_cifar() -> list[ViewRecipe]:
@@ -235,6 +321,8 @@ PRESETS: dict[str, Sequence[ViewRecipe | Mapping[str, Any]]] = {
     "wmse4": [_wmse(0.8, 0.08, 0.2)] * 4,
     "multicrop": multicrop(),
     "pirl": _pirl(),
+    "dino": dino_crops(),
+    "mae": [_mae()],
     "eval": _eval(224),
     "simclr_cifar": [_simclr(0.5, **_NO_BLUR_CIFAR)] * 2,
     "byol_cifar": _byol_pair(**_NO_BLUR_CIFAR),
@@ -243,6 +331,9 @@ PRESETS: dict[str, Sequence[ViewRecipe | Mapping[str, Any]]] = {
     "wmse_cifar": [_wmse(0.4, 0.2, 0.1, **_CIFAR)] * 2,
     "wmse4_cifar": [_wmse(0.4, 0.2, 0.1, **_CIFAR)] * 4,
     "pirl_cifar": _pirl_cifar(),
+    # 32 px globals, 16 px locals (DINO's 224/96 ratio, rounded to ViT/4 patches), no blur.
+    "dino_cifar": dino_crops(local_size=16, blur=(0.0, 0.0, 0.0), **_CIFAR),
+    "mae_cifar": [_mae(**_CIFAR)],
     "eval_cifar": _eval(32, center_crop_fraction=1.0, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
 

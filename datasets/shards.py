@@ -191,16 +191,6 @@ class ShardWriter:
         self._current = None
 
 
-def write_shards(
-    samples: Iterable[Sample], out_dir: Path, *, max_samples: int = 10_000
-) -> list[ShardInfo]:
-    """Write all samples into shards in ``out_dir`` and return what was written."""
-    with ShardWriter(out_dir, max_samples=max_samples) as writer:
-        for sample in samples:
-            writer.write(sample)
-    return writer.shards
-
-
 def list_shards(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("shard-*.tar"))
 

@@ -6,11 +6,12 @@ implementation of the same recipes. It needs neither DALI nor webdataset:
 * a map-style dataset reads each sample straight from its shard at the offsets the DALI
   ``.idx`` files record (one ``pread`` or memory-map slice per sample);
 * every epoch is a permutation of all samples drawn from ``(seed, epoch)``, the same on every
-  rank, cut into one contiguous block per rank (``N // num_shards`` samples each with
-  ``drop_last``), so the ranks split each epoch without overlap and yield equal batch counts;
+  rank, each step a global batch of it that the ranks split (``loaders.EpochPlan``), so the
+  ranks split each epoch without overlap and yield equal batch counts;
 * each sample's augmentations draw from a generator seeded by ``(seed, epoch, sample)``, so
-  they depend neither on the worker that makes them nor on where the run was resumed:
-  ``state_dict()`` is just ``(epoch, batches consumed)``.
+  they depend neither on the worker or rank that makes them nor on where the run was resumed:
+  ``state_dict()`` is just the global position ``(epoch, samples consumed)``, and a group of
+  another size continues with the same views.
 
 The augmentations are torchvision v2 on PIL images, PIL's ``ImageFilter.GaussianBlur`` for the
 blur (as solo-learn and VICReg), one DataLoader worker process per ``num_threads``. Colour
@@ -20,21 +21,19 @@ jitter is torchvision's ``ColorJitter`` (random order of the four factors per im
 from __future__ import annotations
 
 import io
-import mmap
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
-from .loaders import LoaderConfig, use_gpu
+from .loaders import EpochPlan, LoaderConfig, use_gpu
 from .recipes import ViewRecipe
-from .shards import IMAGE_EXTS, INDEX_EXT, LABEL_EXT, LEGACY_EXTS, index_path
+from .sample_table import SampleReader, SampleTable
+from .shards import INDEX_EXT
 
 BACKEND = "torch"
 _INTERPOLATION = {
@@ -104,50 +103,6 @@ class _ViewMaker:
         return [torch.stack(patches), order]
 
 
-@dataclass(frozen=True)
-class SampleTable:
-    """Where each sample's members are, read from the shards' DALI ``.idx`` files: per
-    sample its shard and the (offset, size) of its image, label and (−1 if absent) index."""
-
-    shards: list[str]
-    shard: np.ndarray  # int32 (N,)
-    image: np.ndarray  # int64 (N, 2)
-    label: np.ndarray  # int64 (N, 2)
-    index: np.ndarray  # int64 (N, 2)
-
-    @classmethod
-    def read(cls, shards: Sequence[Path]) -> SampleTable:
-        shard_of, image, label, index = [], [], [], []
-        names = {LABEL_EXT: label, LEGACY_EXTS[LABEL_EXT]: label}
-        names |= {INDEX_EXT: index, LEGACY_EXTS[INDEX_EXT]: index}
-        for number, shard in enumerate(shards):
-            with open(index_path(Path(shard))) as handle:
-                handle.readline()  # "v1.2 <count>"
-                for line in handle:
-                    fields = line.split()
-                    members = {
-                        fields[i]: (int(fields[i + 1]), int(fields[i + 2]))
-                        for i in range(0, len(fields), 4)
-                    }
-                    shard_of.append(number)
-                    image.append(next(members[e] for e in IMAGE_EXTS if e in members))
-                    for ext, column in names.items():
-                        if ext in members:
-                            column.append(members[ext])
-                    if len(index) < len(shard_of):
-                        index.append((-1, 0))
-        return cls(
-            [str(s) for s in shards],
-            np.asarray(shard_of, dtype=np.int32),
-            np.asarray(image, dtype=np.int64).reshape(-1, 2),
-            np.asarray(label, dtype=np.int64).reshape(-1, 2),
-            np.asarray(index, dtype=np.int64).reshape(-1, 2),
-        )
-
-    def __len__(self) -> int:
-        return len(self.shard)
-
-
 def _mix(*values: int) -> int:
     """A well-spread 63-bit seed from integers (SplitMix64 steps), cheap enough per sample."""
     state = 0
@@ -165,52 +120,19 @@ class _ShardSamples(torch.utils.data.Dataset):
     def __init__(
         self, table: SampleTable, recipes: Sequence[ViewRecipe], seed: int, memory_map: bool
     ) -> None:
-        self.table = table
+        self.reader = SampleReader(table, memory_map)
         self.makers = [_ViewMaker(recipe) for recipe in recipes]
         self.seed = seed
-        self.memory_map = memory_map
-        self._files: dict[int, Any] = {}  # opened lazily, in the process that reads
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Without open files: workers started by spawn (macOS, Windows) open their own."""
-        return {**self.__dict__, "_files": {}}
-
-    def _read(self, shard: int, offset: int, size: int) -> bytes:
-        if shard not in self._files:
-            path = self.table.shards[shard]
-            if self.memory_map:
-                with open(path, "rb") as handle:
-                    self._files[shard] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            else:
-                self._files[shard] = open(path, "rb")  # noqa: SIM115 (kept for the next reads)
-        source = self._files[shard]
-        if self.memory_map:
-            return source[offset : offset + size]
-        source.seek(offset)
-        return source.read(size)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[torch.Tensor], int, int]:
         sample, epoch = key
-        table = self.table
-        shard = int(table.shard[sample])
-        # One read from the image's start to the end of the last member used.
-        spans = [table.image[sample], table.label[sample]]
-        if table.index[sample, 0] >= 0:
-            spans.append(table.index[sample])
-        start = int(spans[0][0])
-        data = self._read(shard, start, int(max(o + s for o, s in spans)) - start)
-
-        def member(span: np.ndarray) -> bytes:
-            return data[int(span[0]) - start : int(span[0] + span[1]) - start]
-
-        label = int(np.frombuffer(member(table.label[sample]), "<i4")[0])
-        index = int(np.frombuffer(member(spans[2]), "<i8")[0]) if len(spans) > 2 else -1
+        encoded, label, index = self.reader.read(sample)
         state = _mix(self.seed, epoch, sample)
         # The CPU generator only: torch.manual_seed also queues a CUDA seeding with its stack
         # trace on every call (~0.2 ms).
         torch.default_generator.manual_seed(state)
         random.seed(state)
-        with Image.open(io.BytesIO(member(table.image[sample]))) as opened:
+        with Image.open(io.BytesIO(encoded)) as opened:
             image = opened.convert("RGB")
         views = [view for maker in self.makers for view in maker(image)]
         return views, label, index
@@ -223,20 +145,25 @@ def _collate(batch: list[tuple[list[torch.Tensor], int, int]]) -> tuple[Any, ...
 
 
 class _EpochBatches:
-    """The batch sampler: the batches of the loader's current epoch, from its current batch
-    on (read when a DataLoader iterator starts, so a resumed loader skips what was done)."""
+    """The batch sampler: this rank's batches of the loader's current epoch, from its current
+    position on (read when a DataLoader iterator starts, so a resumed loader skips what was
+    done)."""
 
     def __init__(self, loader: TorchViewLoader) -> None:
         self.loader = loader
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def _steps(self) -> range:
         loader = self.loader
-        samples, epoch, size = loader.rank_samples(loader.epoch), loader.epoch, loader.batch_size
-        for start in range(loader.batch * size, len(loader) * size, size):
-            yield [(int(s), epoch) for s in samples[start : start + size]]
+        return range(loader.plan.start_step(loader.consumed), len(loader))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        plan, epoch = self.loader.plan, self.loader.epoch
+        order = plan.order(epoch)
+        for step in self._steps():
+            yield [(int(s), epoch) for s in plan.rank_samples(epoch, step, order)]
 
     def __len__(self) -> int:
-        return len(self.loader) - self.loader.batch
+        return len(self._steps())
 
 
 class _Normalise:
@@ -262,8 +189,9 @@ class _Normalise:
 
 class TorchViewLoader:
     """One rank's torch loader (``loaders.ViewLoader``); each ``iter()`` is (the rest of) one
-    epoch. Without ``drop_last`` the ranks' blocks may differ by one sample (and their batch
-    counts by one); every sample is then seen exactly once per epoch."""
+    epoch, its steps those of ``loaders.EpochPlan``. Without ``drop_last`` the last step's
+    parts may differ by one sample (a rank's may be empty: one batch fewer); every sample is
+    then seen exactly once per epoch."""
 
     def __init__(
         self,
@@ -281,8 +209,9 @@ class TorchViewLoader:
         on_gpu = use_gpu(config)
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
         self._normalise = _Normalise(recipes, self.device)
+        self.plan = EpochPlan(len(self.table), config)
         self.epoch = 0 if checkpoint is None else int(checkpoint["epoch"])
-        self.batch = 0 if checkpoint is None else int(checkpoint["batch"])
+        self.consumed = 0 if checkpoint is None else int(checkpoint["consumed"])
         dataset = _ShardSamples(self.table, recipes, config.seed, config.memory_map)
         workers = config.num_threads
         self._loader = torch.utils.data.DataLoader(
@@ -294,36 +223,16 @@ class TorchViewLoader:
             prefetch_factor=config.prefetch if workers > 0 else None,
         )
 
-    def _block(self) -> slice:
-        """This rank's positions in each epoch's order: a contiguous block."""
-        total, config = len(self.table), self.config
-        if config.drop_last:
-            per_rank = total // config.num_shards
-            return slice(config.shard_id * per_rank, (config.shard_id + 1) * per_rank)
-        rank = config.shard_id
-        return slice(total * rank // config.num_shards, total * (rank + 1) // config.num_shards)
-
-    def rank_samples(self, epoch: int) -> np.ndarray:
-        """This rank's samples in epoch ``epoch``, in the order it reads them."""
-        total, config = len(self.table), self.config
-        if config.shuffle:
-            order = np.random.default_rng([config.seed, epoch]).permutation(total)
-        else:
-            order = np.arange(total)
-        return order[self._block()]
-
     def __len__(self) -> int:
-        block = self._block()
-        whole, rest = divmod(block.stop - block.start, self.batch_size)
-        return whole + int(bool(rest) and not self.config.drop_last)
+        return self.plan.rank_steps()
 
     def state_dict(self) -> dict[str, Any]:
         """Where this loader is: resume with ``build_loader(..., checkpoint=state)``."""
-        return {"backend": BACKEND, "epoch": self.epoch, "batch": self.batch}
+        return {"backend": BACKEND, "epoch": self.epoch, "consumed": self.consumed}
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         for views, labels, indices in self._loader:
-            self.batch += 1
+            self.consumed += self.plan.global_batch
             views = self._normalise(views)
             yield (views, labels, indices) if self.config.with_index else (views, labels)
-        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch, self.consumed = self.epoch + 1, 0

@@ -4,7 +4,8 @@ Each command is a ``register(commands)`` function that adds one sub-parser whose
 does the work; ``COMMANDS`` lists them. The handlers call the Python API (``import
 sslpipe``), so both take the same paths. ``main`` is the one place errors are printed: one
 line each (every problem of a spec), exit 2 when the spec or the arguments must change, 1 when
-the machine must; a traceback only with ``--debug``.
+the machine must; a traceback only with ``--debug``. Ctrl-C and SIGTERM alike: one line saying
+where the command stopped, exit 130 (``interrupt.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ import sslpipe
 from .cli_args import add_output_options, add_spec_arguments
 from .cli_datasets import register_bench_loader, register_ingest
 from .cli_deploy import register_job, register_submit
-from .errors import ENVIRONMENT_EXIT, SpecError, UsageError, UserError
+from .errors import ENVIRONMENT_EXIT, SpecError, UsageError, UserError, one_line
+from .interrupt import handle_stop_signals, stop_requested
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+# What an interrupted command leaves, where it is certain.
+_CONTINUES = "the same command continues from here"
+_AFTER_INTERRUPT = {
+    "run": _CONTINUES,
+    "ingest": _CONTINUES,
+    "validate": "nothing was changed",
+    "plan": "nothing was changed",
+}
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -87,6 +99,12 @@ def _explain(args: argparse.Namespace) -> None:
     print(explain(args.setting))
 
 
+def _methods(args: argparse.Namespace) -> None:
+    from .reference import methods
+
+    print(methods(args.method))
+
+
 def register_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run a pipeline spec, skipping up-to-date stages")
     add_spec_arguments(parser)
@@ -116,21 +134,25 @@ def register_registry(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "registry", help="show a model registry's history, or point latest at an earlier version"
     )
-    parser.add_argument("action", choices=["show", "rollback"])
+    parser.add_argument(
+        "action", choices=["show", "rollback"], help="show its history, or roll latest back"
+    )
     parser.add_argument("registry", help="registry folder")
     parser.add_argument("version", nargs="?", help="for rollback: the version, e.g. v0002")
     parser.set_defaults(handler=_registry)
 
 
 def register_status(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("status", help="print a table of a workdir's stages")
-    parser.add_argument("workdir")
+    parser = commands.add_parser(
+        "status", help="print a table of a workdir's stages: the latest attempt of each"
+    )
+    parser.add_argument("workdir", help="the spec's workdir")
     parser.set_defaults(handler=_status)
 
 
 def register_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("report", help="write <workdir>/report.html with plots")
-    parser.add_argument("workdir")
+    parser.add_argument("workdir", help="the spec's workdir")
     parser.set_defaults(handler=_report)
 
 
@@ -149,8 +171,20 @@ def register_explain(commands: argparse._SubParsersAction) -> None:
         "explain",
         help="a setting's type, default, bounds and meaning, e.g. pretrain.global_batch_size",
     )
-    parser.add_argument("setting", help="STAGE_TYPE[.FIELD[.FIELD]], or name / workdir")
+    parser.add_argument(
+        "setting",
+        help="STAGE_TYPE[.FIELD[.FIELD]] (pretrain.loss.lambd), spec.FIELD (spec.workdir), or "
+        "METHOD[.loss[.OPTION]] (vicreg.loss.sim_coeff)",
+    )
     parser.set_defaults(handler=_explain)
+
+
+def register_methods(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "methods", help="the methods with their defaults, view preset and loss options"
+    )
+    parser.add_argument("method", nargs="?", help="only this method, e.g. vicreg")
+    parser.set_defaults(handler=_methods)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -166,6 +200,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_job,
     register_schema,
     register_explain,
+    register_methods,
 ]
 
 
@@ -182,27 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    """What went wrong, on one line: an OSError's file and reason, else the error's text."""
-    if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename else ""
-        return f"{where}{error.strerror}"
-    text = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {text}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    with handle_stop_signals():  # SIGINT and SIGTERM alike, from here to the end
+        try:
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt as interrupt:
+            return _interrupted(interrupt, None)
+        try:
+            return _run_command(args)
+        except KeyboardInterrupt as interrupt:
+            return _interrupted(interrupt, _AFTER_INTERRUPT.get(args.command))
+
+
+def _run_command(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
     from .ray_runtime import set_verbose
 
     set_verbose(getattr(args, "verbose", False))
     try:
         args.handler(args)
-    except KeyboardInterrupt as interrupt:
-        reason = f" ({interrupt})" if str(interrupt) else ""
-        print(f"interrupted{reason}; the same command continues from here", file=sys.stderr)
-        return 130
     except Exception as error:
         if debug:
             traceback.print_exc()
@@ -214,9 +247,17 @@ def main(argv: list[str] | None = None) -> int:
             return error.exit_code
         # Nothing above foresaw it: still one line; the traceback with --debug.
         hint = "" if debug else " (--debug prints the traceback)"
-        print(f"error: {_one_line(error)}{hint}", file=sys.stderr)
+        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
         return ENVIRONMENT_EXIT
     return 0
+
+
+def _interrupted(interrupt: KeyboardInterrupt, then: str | None) -> int:
+    """One line: the signal, where it stopped the command, and what it left."""
+    where = f": {interrupt}" if str(interrupt) else ""
+    after = f"; {then}" if then else ""
+    print(f"interrupted by {stop_requested() or 'SIGINT'}{where}{after}", file=sys.stderr)
+    return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError, UserError
 
@@ -29,34 +30,57 @@ def source_from_arg(spec: str, *, labelled: bool = True):
         raise UserError(str(error)) from None
 
 
-def _ingest(args: argparse.Namespace) -> None:
+def ingest_images(
+    src: str,
+    out: Path,
+    *,
+    shard_size: str,
+    val_fraction: float,
+    seed: int,
+    workers: int,
+    labelled: bool,
+) -> dict[str, Any]:
+    """``sslpipe ingest`` and ``sslpipe.ingest``: the arguments checked, then the manifest of
+    the shards written (or found finished) in ``out``."""
     from sslpipe.datasets.ingest import ingest
     from sslpipe.datasets.layout import MANIFEST, PARTIAL, parse_shard_size
 
     try:
-        max_samples, max_bytes = parse_shard_size(args.shard_size)
+        max_samples, max_bytes = parse_shard_size(shard_size)
     except ValueError as error:
         raise UsageError(f"--shard-size: {error}") from None
-    if not 0 <= args.val_fraction < 1:
-        raise UsageError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
-    out = Path(args.out)
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
     if out.exists() and (not out.is_dir() or _foreign_content(out, MANIFEST, PARTIAL)):
         raise UsageError(f"--out {out}: exists and is not an ingest output folder")
-    source = source_from_arg(args.src, labelled=not args.unlabelled)
+    source = source_from_arg(src, labelled=labelled)
     try:
-        manifest = ingest(
+        return ingest(
             source,
             out,
             shard_size=max_samples,
             shard_bytes=max_bytes,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            workers=args.workers,
+            val_fraction=val_fraction,
+            seed=seed,
+            workers=workers,
         )
     except ValueError as error:
         raise UserError(str(error)) from None
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    manifest = ingest_images(
+        args.src,
+        out,
+        shard_size=args.shard_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        labelled=not args.unlabelled,
+    )
     splits = ", ".join(f"{n} {s['num_samples']}" for n, s in manifest["splits"].items())
     print(
         f"{out}: {manifest['num_samples']} images ({splits}), {manifest['num_classes']} classes, "
@@ -81,9 +105,16 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shard-size", default="10000", help="samples per shard, or bytes like 512MB"
     )
-    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of each class for the val split"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="checking processes (default: cores)",
+    )
     parser.add_argument("--unlabelled", action="store_true", help="every image gets label -1")
     parser.set_defaults(handler=_ingest)
 
@@ -111,15 +142,25 @@ def _shard_paths(paths: list[str]) -> list[Path]:
 
 def _bench_loader(args: argparse.Namespace) -> None:
     from sslpipe.datasets.loader_bench import measure
-    from sslpipe.datasets.loaders import LoaderConfig
+    from sslpipe.datasets.loaders import LOADER_BACKENDS, LoaderConfig
     from sslpipe.datasets.recipes import PRESETS, apply_overrides, get_recipe
 
+    if args.backend not in LOADER_BACKENDS:
+        raise UsageError(f"--backend {args.backend!r}: choose one of {', '.join(LOADER_BACKENDS)}")
+    unset = LoaderConfig(batch_size=args.batch_size)  # the loader's defaults, one place
+    prefetch = unset.prefetch if args.prefetch is None else args.prefetch
+    hw_load = unset.hw_decoder_load if args.hw_decoder_load is None else args.hw_decoder_load
     if args.recipe not in PRESETS:
         raise UsageError(f"--recipe {args.recipe!r}: choose one of {', '.join(sorted(PRESETS))}")
-    if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1 or args.prefetch < 1:
+    if (
+        args.batch_size < 1
+        or args.seconds <= 0
+        or args.threads < 1
+        or (prefetch is not None and prefetch < 1)
+    ):
         raise UsageError("--batch-size, --seconds, --threads and --prefetch must be positive")
-    if not 0 <= args.hw_decoder_load <= 1:
-        raise UsageError(f"--hw-decoder-load {args.hw_decoder_load}: must be in [0, 1]")
+    if not 0 <= hw_load <= 1:
+        raise UsageError(f"--hw-decoder-load {hw_load}: must be in [0, 1]")
     shards = _shard_paths(args.shards)
     recipes = get_recipe(args.recipe)
     if args.size is not None:
@@ -127,10 +168,10 @@ def _bench_loader(args: argparse.Namespace) -> None:
     config = LoaderConfig(
         batch_size=args.batch_size,
         num_threads=args.threads,
-        prefetch=args.prefetch,
+        prefetch=prefetch,
         device=args.device,
         decode=args.decode,
-        hw_decoder_load=args.hw_decoder_load,
+        hw_decoder_load=hw_load,
     )
     try:
         result = measure(
@@ -156,26 +197,31 @@ def _bench_loader(args: argparse.Namespace) -> None:
 
 
 def register_bench_loader(commands: argparse._SubParsersAction) -> None:
-    from sslpipe.datasets.loaders import LOADER_BACKENDS, LoaderConfig
-
-    defaults = LoaderConfig(batch_size=64)
+    # Defaults and choices are the loader's, read when the command runs: building the parser
+    # of every command must not import the loaders (numpy, and DALI's or torch's code).
     parser = commands.add_parser("bench-loader", help="measure a loader's source images per second")
     parser.add_argument("shards", nargs="+", help="ingest output, folder of shards, or .tar")
-    parser.add_argument("--backend", choices=LOADER_BACKENDS, default="dali")
-    parser.add_argument("--recipe", default="vicreg")
+    parser.add_argument("--backend", default="dali", help="the loader to measure: dali or torch")
+    parser.add_argument("--recipe", default="vicreg", help="view preset (sslpipe methods)")
     parser.add_argument("--size", type=int, help="override every view's output size")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured, after warm-up")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--prefetch", type=int, default=defaults.prefetch)
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="loader threads (default: cores)"
+    )
+    parser.add_argument(
+        "--prefetch", type=int, help="batches prepared ahead (default: the loader's)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: GPU if there is one"
+    )
     parser.add_argument(
         "--decode", choices=("auto", "once", "per_view"), default="auto",
         help="DALI: decode each image once for all views, or each view's crop on its own",
     )  # fmt: skip
     parser.add_argument(
-        "--hw-decoder-load", type=float, default=defaults.hw_decoder_load,
-        help="DALI on GPU: share of JPEGs for the hardware decoder",
+        "--hw-decoder-load", type=float,
+        help="DALI on GPU: share of JPEGs for the hardware decoder (default: the loader's)",
     )  # fmt: skip
     parser.add_argument("--decode-only", action="store_true", help="read + decode: the floor")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

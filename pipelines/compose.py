@@ -13,14 +13,17 @@ Three layers, applied in this order:
    default when it is unset or empty); ``$${`` writes a literal ``${``.
 3. ``--set path.to.key=value`` overrides: the value is read as a YAML scalar or flow
    collection, list items are addressed by index or, for named items, by name
-   (``stages.pretrain.epochs=1``). The result is validated like the file.
+   (``stages.pretrain.epochs=1``; ``pretrain.epochs=1`` for short when ``pretrain`` is a stage
+   and no top-level key). The result is validated like the file, and a mistake in it is
+   reported at the ``--set`` argument.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +41,13 @@ PYTHON_SPEC = "<spec>"  # the file name of a spec given as Python data (position
 
 
 def compose(
-    source: Path | str | Mapping[str, Any], overrides: Sequence[str] = ()
+    source: Path | str | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    top_level: Collection[str] = (),
 ) -> tuple[YamlDocument, list[Problem]]:
     """The spec at ``source`` (a file, or the spec as Python data) with its bases merged in,
-    variables filled and overrides set.
+    variables filled and overrides set (``top_level``: the spec's top-level keys, which an
+    override's path starts with unless it starts with a stage's name).
 
     Unreadable files and ``extends`` errors raise ``SpecError``; problems with variables and
     overrides are returned, so that validation can report them together with its own.
@@ -52,7 +58,7 @@ def compose(
         doc = _with_bases(load_yaml(source), chain=(Path(source).resolve(),))
     problems = _interpolate(doc, doc.data, ())
     for override in overrides:
-        problems += _apply_override(doc, override)
+        problems += _apply_override(doc, override, top_level)
     return doc, problems
 
 
@@ -218,7 +224,7 @@ def _interpolate(doc: YamlDocument, node: Any, path: KeyPath) -> list[Problem]:
     return problems
 
 
-def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
+def _apply_override(doc: YamlDocument, override: str, top_level: Collection[str]) -> list[Problem]:
     source: Position = (f"--set {override}", 0, 0)
     key_text, sep, value_text = override.partition("=")
     if not sep or not key_text.strip():
@@ -227,9 +233,14 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
         value = parse_yaml(value_text, source[0]).data if value_text.strip() else ""
     except SpecError as error:
         return [Problem(*source, key_text, f"value: {p.message}") for p in error.problems]
+    parts = key_text.strip().split(".")
+    if top_level and parts[0] not in top_level:
+        stages = stage_names(doc)
+        if parts[0] not in stages:
+            return [Problem(*source, "", _unknown_start(parts, top_level, stages))]
+        parts = ["stages", *parts]
     node: Any = doc.data
     path: KeyPath = ()
-    parts = key_text.strip().split(".")
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(node, list):
@@ -251,6 +262,7 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
         else:
             if isinstance(node, dict) and not isinstance(node.get(step), dict | list):
                 node[step] = {}
+                doc.positions[path] = source  # a mistake in a key it made is the --set's
             node = node[step]
     for written in [p for p in doc.positions if p[: len(path)] == path]:
         del doc.positions[written]
@@ -258,6 +270,25 @@ def _apply_override(doc: YamlDocument, override: str) -> list[Problem]:
         del doc.defaulted[written]
     doc.positions[path] = source
     return []
+
+
+def stage_names(doc: YamlDocument) -> list[str]:
+    """The names of the spec's stages, as far as they are written."""
+    stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
+    return [
+        s["name"] for s in stages or () if isinstance(s, dict) and isinstance(s.get("name"), str)
+    ]
+
+
+def _unknown_start(parts: list[str], top_level: Collection[str], stages: list[str]) -> str:
+    """Why an override's path cannot start with ``parts[0]``, with the path it may mean."""
+    starts = {key: key for key in top_level} | {name: f"stages.{name}" for name in stages}
+    close = difflib.get_close_matches(parts[0], list(starts), n=1, cutoff=0.6)
+    hint = f"; did you mean {'.'.join([starts[close[0]], *parts[1:]])!r}?" if close else ""
+    return (
+        f"unknown key {parts[0]!r}{hint} (a path starts with {', '.join(top_level)} or a "
+        f"stage's name: {', '.join(stages) or 'none'})"
+    )
 
 
 def _list_position(items: list[Any], part: str) -> int | None:

@@ -63,3 +63,14 @@ class UsageError(UserError):
     """A mistake in the command's arguments or the spec found only when it runs."""
 
     exit_code = SPEC_EXIT
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the command line prints it: a spec's problems or a user error as they are,
+    an OSError's file and reason, else the error's type and the first line of its text."""
+    if isinstance(error, SpecError | UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "no message")
+    return f"{type(error).__name__}: {text}"

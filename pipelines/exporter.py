@@ -30,17 +30,25 @@ def _export_program(
     return torch.export.export(backbone, (example,), dynamic_shapes=({0: batch},))
 
 
-def _check_onnx(path: Path, backbone: torch.nn.Module, size: int, batch_size: int) -> float:
+def _check_onnx(
+    path: Path, network: torch.nn.Module, size: int, batch_size: int
+) -> tuple[float, int]:
+    """The largest difference between ONNX Runtime's output and torch's, and the output width."""
     inputs = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = backbone(inputs).numpy()
+        expected = network(inputs).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
-    return float(np.abs(got - expected).max())
+    return float(np.abs(got - expected).max()), expected.shape[-1]
 
 
 def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
     backbone, description = load_backbone(ctx.inputs["model"])
+    if config.include_projector and description.head is None:
+        raise UserError(
+            f"stage {config.name!r}: include_projector: the {description.method} model has no "
+            "head; set include_projector: false"
+        )
     network = load_encoder(ctx.inputs["model"]) if config.include_projector else backbone
     size = description.input_size
     example = torch.randn(2, 3, size, size)
@@ -58,7 +66,7 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
         external_data=False,
         verbose=False,
     )
-    max_diff = _check_onnx(onnx_path, network, size, config.check_batch_size)
+    max_diff, output_dim = _check_onnx(onnx_path, network, size, config.check_batch_size)
     if max_diff > ONNX_TOLERANCE:
         raise RuntimeError(
             f"ONNX output differs from torch by {max_diff:.2e} (> {ONNX_TOLERANCE:.0e})"
@@ -74,10 +82,8 @@ def run(config: ExportConfig, ctx: StageContext) -> dict[str, Any]:
             "onnx": ONNX_MODEL,
             "safetensors": SAFETENSORS_WEIGHTS,
         },
-        "outputs": "projector" if config.include_projector else "backbone features",
-        "output_dim": description.projector[-1]
-        if config.include_projector
-        else description.feature_dim,
+        "outputs": "head" if config.include_projector else "backbone features",
+        "output_dim": output_dim,
         "onnx_opset": config.opset,
         "onnx_max_abs_diff": max_diff,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},

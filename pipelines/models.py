@@ -46,7 +46,7 @@ def model_folder(path: Path) -> Path:
 def load_published_backbone(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone (eval mode) and its card: an export's ``model_card.json``, or for a
     pretrain stage its ``model.json``."""
-    from .model_io import ModelDescription, load_backbone
+    from .model_io import ModelDescription, load_backbone, upgraded
 
     folder = model_folder(path)
     if not (folder / MODEL_CARD).is_file():
@@ -55,7 +55,8 @@ def load_published_backbone(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     card = json.loads((folder / MODEL_CARD).read_text())
-    fields = {key: card[key] for key in ModelDescription.model_fields if key in card}
-    backbone = ModelDescription.model_construct(**fields).build_backbone()  # older cards too
+    fields = upgraded(card)  # older cards too
+    fields = {key: fields[key] for key in ModelDescription.model_fields if key in fields}
+    backbone = ModelDescription.model_construct(**fields).build_backbone()
     backbone.load_state_dict(load_file(folder / SAFETENSORS_WEIGHTS))
     return backbone.eval(), card

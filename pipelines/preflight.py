@@ -2,11 +2,14 @@
 (``validate`` checks the spec alone, anywhere, so a spec written for a cluster validates on a
 laptop).
 
-- the workdir can be created and written;
+- the workdir can be created and written, no other run holds it, and it is not another
+  spec's (``run.json`` names the spec that last ran there);
 - every stage's data is where the spec says, laid out as its ``kind`` says
   (``StageConfig.machine_problems``);
 - the Ray cluster can hold what the stages about to run ask for
-  (``StageConfig.resource_request``), instead of a Ray wait that never ends.
+  (``StageConfig.resource_request``), instead of a Ray wait that never ends. ``plan`` starts
+  no Ray for this: without ``RAY_ADDRESS`` it checks against the Ray that ``run`` would start
+  on this machine (``local_capacity``), with it against the cluster there.
 
 Each problem is one line at the spec line it concerns; exit 1 when the machine must change,
 2 when the spec must.
@@ -15,19 +18,23 @@ Each problem is one line at the spec line it concerns; exit 1 when the machine m
 from __future__ import annotations
 
 import math
+import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ENVIRONMENT_EXIT, Problem, SpecError
+from .errors import ENVIRONMENT_EXIT, SPEC_EXIT, Problem, SpecError
 from .ray_runtime import Capacity
+from .run_store import RunStore
 from .spec import PipelineSpec
 from .stages.base import ResourceRequest, StageConfig, folder_problem
 
 
 def workdir_problems(spec: PipelineSpec, *, create: bool) -> list[Problem]:
-    """Whether ``spec.workdir`` can be created and written; with ``create``, by doing so (a
-    file written and removed), else by looking only (``plan`` writes nothing)."""
+    """Whether ``spec.workdir`` can be created and written (with ``create`` it is created;
+    either way a file is made and removed at once in it, or for ``plan`` in the nearest folder
+    that exists), whether another live run holds it, and whether another spec ran there."""
 
     def problem(message: str) -> list[Problem]:
         return [spec.problem(("workdir",), message, ENVIRONMENT_EXIT)]
@@ -35,13 +42,31 @@ def workdir_problems(spec: PipelineSpec, *, create: bool) -> list[Problem]:
     workdir = Path(spec.workdir)
     if found := folder_problem(workdir, ("workdir",), "workdir"):
         return [spec.problem(found.field, found.message, found.exit_code)]
-    if create:
-        try:
+    existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+    try:
+        if create:
             workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=workdir):
-                pass
-        except OSError as error:
-            return problem(f"{workdir} cannot be written: {error.strerror}")
+            existing = workdir
+        # A file made and removed at once: permissions alone miss read-only mounts.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return problem(f"{workdir} cannot be written: {error.strerror}")
+    store = RunStore(workdir)
+    if holder := store.lock_holder():
+        running = ", ".join(holder.stages) or "none yet"
+        return problem(
+            f"{workdir} is in use by another run (pid {holder.pid}, since {holder.since}, "
+            f"running: {running}); wait for it (sslpipe status {workdir}) or stop it "
+            f"(kill -INT {holder.pid})"
+        )
+    owner = store.last_run().get("spec")
+    if owner not in (None, spec.name):
+        message = (
+            f"{workdir} holds the runs of spec {owner!r}, not {spec.name!r}; give this spec a "
+            f"workdir of its own, or rename it back to {owner!r} if it is the same pipeline"
+        )
+        return [spec.problem(("workdir",), message, SPEC_EXIT)]
     return []
 
 
@@ -122,6 +147,20 @@ def _unplaceable(request: ResourceRequest, capacity: Capacity) -> list[tuple[str
 
 def _bundle(resources: dict[str, float]) -> str:
     return " + ".join(f"{amount:g} {name}" for name, amount in resources.items())
+
+
+def local_capacity(min_cpus: int = 0) -> Capacity:
+    """What the Ray that a run starts on this machine (no ``RAY_ADDRESS``) will have, without
+    starting it: ``ray_runtime.ensure_ray``'s logical CPUs, and the GPUs Ray would detect
+    (``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA devices the kernel lists)."""
+    cpus = float(max(os.cpu_count() or 1, min_cpus))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    else:
+        gpus = len([p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)])
+    resources = {"CPU": cpus, **({"GPU": float(gpus)} if gpus else {})}
+    return Capacity([resources], dict(resources))
 
 
 def raise_problems(problems: list[Problem]) -> None:

@@ -156,8 +156,8 @@ class ExtractSettings:
     use_gpu: bool
     loader: str
     precision: str
-    prefetch: int = 2
-    memory_map: bool = True
+    prefetch: int | None = None  # None: the loader's defaults (``LoaderConfig``)
+    memory_map: bool | None = None
 
     @property
     def device(self) -> torch.device:

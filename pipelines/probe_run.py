@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 import torch
+from torch import nn
 
 from sslpipe.datasets.ingest import read_manifest, split_shards
 from sslpipe.datasets.recipes import ViewRecipe, apply_overrides, get_recipe
@@ -157,13 +158,31 @@ def _throughput(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any]
     }
 
 
+def probed_features(
+    backbone: nn.Module, config: ProbeConfig, description: ModelDescription
+) -> nn.Module:
+    """The backbone's pooled features, or DINO's evaluation features of a ViT
+    (``n_last_blocks``, ``avgpool_patch_tokens``)."""
+    if config.n_last_blocks == 1 and not config.avgpool_patch_tokens:
+        return backbone
+    if not hasattr(backbone, "forward_last_blocks"):
+        raise UserError(
+            f"stage {config.name!r}: n_last_blocks and avgpool_patch_tokens need a ViT "
+            f"backbone; {description.backbone!r} has no blocks of tokens (remove them)"
+        )
+    from sslpipe.ssl_ops.vit import LastBlocksFeatures  # imports timm: ViTs only
+
+    return LastBlocksFeatures(backbone, config.n_last_blocks, config.avgpool_patch_tokens)
+
+
 def run_probe(config: ProbeConfig, ctx: StageContext) -> dict[str, Any]:
     splits, num_classes = probe_splits(config, ctx)
     backbone, description = load_backbone(ctx.inputs["model"])
-    backbones = {"trained": backbone}
+    backbones = {"trained": probed_features(backbone, config, description)}
     if config.random_init_baseline:
         torch.manual_seed(config.seed)
-        backbones["random_init"] = description.build_backbone().eval()
+        random_init = description.build_backbone().eval()
+        backbones["random_init"] = probed_features(random_init, config, description)
     settings = ExtractSettings(
         batch_size=config.batch_size,
         threads=config.dali_threads,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .run_store import STATE_FILE, now
+from .run_store import STATE_FILE, now, umask_permissions
 
 LATEST = "latest"
 HISTORY = "history.jsonl"
@@ -134,6 +134,7 @@ class ModelRegistry:
         incoming = self.root / f".incoming-{os.getpid()}"
         shutil.rmtree(incoming, ignore_errors=True)
         shutil.copytree(model_dir, incoming, ignore=shutil.ignore_patterns(STATE_FILE))
+        umask_permissions(incoming)  # the export's staging files may still be private (0600)
         while True:
             newest = self.versions()[-1] if self.versions() else "v0000"
             version = f"v{int(newest[1:]) + 1:04d}"

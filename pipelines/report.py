@@ -52,7 +52,7 @@ def write_report(workdir: Path) -> Path:
         f"<title>sslpipe report: {html.escape(str(workdir))}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-        ".failed,.interrupted{color:#b00}img{max-width:100%}</style>"
+        ".failed,.interrupted,.stale{color:#b00}img{max-width:100%}</style>"
         f"<h1>sslpipe report: {html.escape(str(workdir))}</h1>" + "".join(sections)
     )
     path = Path(workdir) / REPORT_FILE
@@ -63,13 +63,17 @@ def write_report(workdir: Path) -> Path:
 
 
 def _stage_table(states: dict[str, dict[str, Any]]) -> str:
+    """The latest attempt of each stage, in pipeline order, stale results marked stale."""
     rows = []
+    stale = RunStore.stale(states)
     for name, state in states.items():
-        status = state.get("status", "?")
+        status = "stale" if name in stale else state.get("status", "?")
         metrics = state.get("metrics") or {}
         detail = state.get("error") or ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
         )
+        if name in stale:
+            detail = f"{stale[name]}; {detail}"
         cells = [name, state.get("type", ""), status, state.get("started", ""),
                  state.get("ended", ""), state.get("seconds", ""), detail]  # fmt: skip
         rows.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    since: str  # when it took the lock (ISO 8601, UTC)
+    stages: list[str]  # the stages it is running now
+
+
 class RunStore:
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
@@ -47,31 +55,61 @@ class RunStore:
         return _read_json(self.stage_dir(name) / STATE_FILE, f"delete {self.stage_dir(name)}")
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """Every recorded stage's state, in the order the stages started; a workdir that is
-        not there is an argument mistake (``status``, ``report``)."""
+        """Every recorded stage's latest attempt, in pipeline order (upstream first, as
+        recorded; else in the order they started); a workdir that is not there is an argument
+        mistake (``status``, ``report``)."""
         if not self.workdir.is_dir():
             raise UsageError(f"{self.workdir} is not a folder: give the spec's workdir")
         states = {
             p.parent.name: self.state(p.parent.name) or {}
             for p in self.workdir.glob(f"*/{STATE_FILE}")
         }
-        return dict(
-            sorted(
-                states.items(),
-                key=lambda item: (item[1].get("started", ""), item[1].get("ended", ""), item[0]),
-            )
+        pending = sorted(
+            states, key=lambda n: (states[n].get("started", ""), states[n].get("ended", ""), n)
         )
+        ordered: dict[str, dict[str, Any]] = {}
+        while pending:
+            ready = next(
+                (n for n in pending if not set(_upstream(states[n])) & set(pending)),
+                pending[0],  # a cycle cannot be recorded, but never loop
+            )
+            pending.remove(ready)
+            ordered[ready] = states[ready]
+        return ordered
 
-    def begin(self, name: str) -> Path:
-        """An empty staging folder for the stage's outputs."""
+    @staticmethod
+    def stale(states: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Stage → why its succeeded result is out of date: an upstream stage was attempted
+        again after it (and did not succeed, or succeeded with new outputs), directly or not.
+        ``states`` in pipeline order, as ``states()`` gives them."""
+        stale: dict[str, str] = {}
+        for name, state in states.items():
+            for ref in _upstream(state):
+                upstream = states.get(ref)
+                if upstream is None or state.get("status") != "succeeded":
+                    continue
+                if ref in stale:
+                    stale[name] = f"{ref} is stale"
+                elif upstream.get("started", "") > state.get("started", ""):
+                    stale[name] = f"from before {ref}'s latest attempt ({upstream.get('status')})"
+        return stale
+
+    def begin(self, name: str, *, keep: bool = False) -> Path:
+        """The staging folder for the stage's outputs: empty, or with ``keep`` as the stage's
+        interrupted attempt left it (a stage that continues its own work, e.g. ingest)."""
         staging = self.workdir / ".staging" / name
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
         return staging
 
     def commit(self, name: str, staging: Path, state: dict[str, Any]) -> None:
-        """Publish the staging folder as the stage's outputs, replacing the previous ones."""
+        """Publish the staging folder as the stage's outputs, replacing the previous ones, with
+        the permissions the user's umask gives new files and folders: a library that writes
+        through a private temporary file (safetensors: 0600) must not hide one output from the
+        serving job or the other users of shared storage."""
         _write_json(staging / STATE_FILE, state)
+        umask_permissions(staging)
         final = self.stage_dir(name)
         retired = self.workdir / ".staging" / f"{name}.old"
         shutil.rmtree(retired, ignore_errors=True)
@@ -118,6 +156,19 @@ class RunStore:
     def last_run(self) -> dict[str, Any]:
         return _read_json(self.workdir / RUN_FILE, "it is rewritten by the next run") or {}
 
+    def lock_holder(self) -> LockHolder | None:
+        """The live run that holds the workdir's lock, if one does: its pid, since when and
+        the stages it is running."""
+        try:
+            pid = int(self._lock.read_text().strip() or 0)
+            since = datetime.fromtimestamp(self._lock.stat().st_mtime, timezone.utc)
+        except (OSError, ValueError):
+            return None
+        if not pid or not _pid_alive(pid):
+            return None
+        running = [n for n, state in self.states().items() if state.get("status") == "running"]
+        return LockHolder(pid, since.isoformat(timespec="seconds"), running)
+
     def lock(self) -> None:
         """Take the workdir's run lock, taking over a lock left by a dead process."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +194,24 @@ class RunStore:
 
     def unlock(self) -> None:
         self._lock.unlink(missing_ok=True)
+
+
+def umask_permissions(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions the user's umask gives new files
+    and folders (links left alone)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, folders, files in os.walk(folder):
+        for names, mode in ((folders, 0o777 & ~umask), (files, 0o666 & ~umask)):
+            for path in (os.path.join(root, name) for name in names):
+                if not os.path.islink(path):  # a link's target is not the stage's output
+                    os.chmod(path, mode)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _upstream(state: dict[str, Any]) -> list[str]:
+    """The stages a recorded attempt read (``runner`` records them as ``upstream``)."""
+    return list(state.get("upstream", {}).values())
 
 
 def _read_json(path: Path, fix: str) -> dict[str, Any] | None:

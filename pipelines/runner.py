@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, UsageError, UserError
+from .errors import UsageError, UserError, one_line
 from .interrupt import handle_stop_signals
 from .preflight import (
     cpus_to_start_with,
     data_problems,
+    local_capacity,
     raise_problems,
     resource_problems,
     workdir_problems,
 )
-from .ray_runtime import cluster_capacity, shutdown_ray
+from .ray_runtime import Capacity, cluster_capacity, shutdown_ray
 from .run_store import STATE_FILE, RunStore, now
 from .spec import PipelineSpec, execution_order
 from .stages import STAGE_TYPES, StageConfig, StageContext
@@ -43,6 +45,7 @@ class StageResult:
     reason: str | None
     dir: Path
     state: dict[str, Any] = field(default_factory=dict)
+    on_ray: bool = False  # it asks the Ray cluster for resources when it runs
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -78,24 +81,8 @@ def fingerprint(stage: StageConfig, upstream: dict[str, str]) -> str:
         except ValueError as error:  # the data is not what the stage's settings say
             raise UsageError(f"stage {stage.name!r}: {error}") from None
         except OSError as error:
-            raise UserError(f"stage {stage.name!r}: {_os_error(error)}") from None
+            raise UserError(f"stage {stage.name!r}: {one_line(error)}") from None
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _error_line(error: BaseException) -> str:
-    """An error as the command line prints it: a spec's problems, or one line."""
-    if isinstance(error, SpecError | UserError):
-        return str(error)
-    text = _os_error(error) if isinstance(error, OSError) else _first_line(error)
-    return f"{type(error).__name__}: {text}"
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-
-
-def _os_error(error: OSError) -> str:
-    return f"{error.filename}: {error.strerror}" if error.filename else str(error)
 
 
 def run_pipeline(
@@ -116,9 +103,11 @@ def run_pipeline(
         with handle_stop_signals():
             try:
                 fingerprints, planned = _prepare(spec, store, force)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt("before any stage started") from None
             except Exception as error:
                 if if_changed:  # the night failed before any stage: say so in the checks
-                    store.record_check(spec.name, {}, error=_error_line(error))
+                    store.record_check(spec.name, {}, error=one_line(error))
                 raise
             if if_changed:
                 store.record_check(spec.name, {s.name: why for s, _, why in planned if why})
@@ -137,17 +126,19 @@ def run_pipeline(
 
 
 def _prepare(
-    spec: PipelineSpec, store: RunStore, force: tuple[str, ...]
+    spec: PipelineSpec,
+    store: RunStore,
+    force: tuple[str, ...],
+    capacity: Callable[[int], Capacity] = cluster_capacity,
 ) -> tuple[dict[str, str], list[tuple[StageConfig, str, str | None]]]:
-    """Check the data, fingerprint every stage, plan, and check that the Ray cluster can hold
-    the stages that will run; raises before any stage starts."""
+    """Check the data, fingerprint every stage, plan, and check that the Ray cluster (as
+    ``capacity`` sees it) can hold the stages that will run; raises before any stage starts."""
     raise_problems(data_problems(spec))
     fingerprints = stage_fingerprints(spec)  # once per run: ingest's reads its whole source
     planned = list(plan(spec, store, force, fingerprints))
     running = [stage for stage, _, why in planned if why]
     if any(stage.resource_request() for stage in running):
-        capacity = cluster_capacity(cpus_to_start_with(running))
-        raise_problems(resource_problems(spec, running, capacity))
+        raise_problems(resource_problems(spec, running, capacity(cpus_to_start_with(running))))
     return fingerprints, planned
 
 
@@ -164,6 +155,7 @@ def _results(
             why,
             store.stage_dir(stage.name),
             store.state(stage.name) or {},
+            stage.resource_request() is not None,
         )
         for stage, _, why in planned
     ]
@@ -212,20 +204,38 @@ def _run_stages(
 
 def plan_pipeline(spec: PipelineSpec, force: tuple[str, ...] = ()) -> list[StageResult]:
     """What ``run`` would do, stage by stage, after the same checks, without running, writing
-    or locking anything."""
+    or locking anything, and without starting Ray: the stages' resources are checked against
+    the cluster at ``RAY_ADDRESS``, else against the Ray a run would start here."""
     raise_problems(workdir_problems(spec, create=False))
     store = RunStore(Path(spec.workdir))
-    try:
-        _, planned = _prepare(spec, store, force)
-    finally:
-        shutdown_ray()
+    if os.environ.get("RAY_ADDRESS"):
+        try:
+            _, planned = _prepare(spec, store, force)
+        finally:
+            shutdown_ray()
+    else:
+        _, planned = _prepare(spec, store, force, local_capacity)
     return _results(store, planned, ran=set())
+
+
+def resources_checked_against() -> str:
+    """Which Ray ``plan`` checked the stages' resources against."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return f"resources checked against the Ray cluster at RAY_ADDRESS={address}"
+    gpus = local_capacity().total.get("GPU", 0)
+    return (
+        f"resources checked against the Ray a run starts on this machine ({gpus:g} GPUs; "
+        "none started; set RAY_ADDRESS to check a cluster)"
+    )
 
 
 def print_plan(results: list[StageResult]) -> None:
     for result in results:
         reason = result.reason or "up to date"
         print(f"{result.name:<16} {'run ' if result.reason else 'skip'}  {reason}")
+    if any(r.reason and r.on_ray for r in results):
+        print(resources_checked_against())
 
 
 def _shown(metrics: dict[str, Any]) -> str:
@@ -244,11 +254,15 @@ def print_status(workdir: Path) -> None:
     last_check = (store.checks() or [None])[-1]
     if not states and last_check is None:
         raise UserError(f"{workdir}: no stage has run here")
+    stale = store.stale(states)
     print(f"{'stage':<16} {'status':<11} {'seconds':>8}  {'ended':<25} metrics / error")
     for name, state in states.items():
         detail = state.get("error") or _shown(state.get("metrics", {}))
+        status = "stale" if name in stale else state.get("status", "?")
+        if name in stale:
+            detail = f"{stale[name]}; {detail}"
         print(
-            f"{name:<16} {state.get('status', '?'):<11} {state.get('seconds', ''):>8}  "
+            f"{name:<16} {status:<11} {state.get('seconds', ''):>8}  "
             f"{state.get('ended', ''):<25} {detail}"
         )
         for note in _notes(state.get("type", ""), state.get("metrics", {}), store.stage_dir(name)):
@@ -278,7 +292,9 @@ def _why_run(
 
 
 def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str, str]) -> None:
-    staging = store.begin(stage.name)
+    previous = store.state(stage.name) or {}
+    continues = stage.resumable and previous.get("fingerprint") == fp
+    staging = store.begin(stage.name, keep=continues)
     context = StageContext(
         out_dir=staging,
         inputs={field: store.stage_dir(ref) for field, ref in upstream.items()},
@@ -291,16 +307,18 @@ def _run_stage(stage: StageConfig, store: RunStore, fp: str, upstream: dict[str,
         "type": stage.type,
         "started": now(),
         "config": stage.model_dump(mode="json"),
+        "upstream": upstream,
     }
     store.record(stage.name, state)
     began = time.perf_counter()
     try:
         metrics = STAGE_TYPES[stage.type].runner()(stage, context)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         store.record(stage.name, {**state, "status": "interrupted", "ended": now()})
-        raise
+        where = str(interrupt) or "stopped before it finished"
+        raise KeyboardInterrupt(f"stage {stage.name!r} {where}") from None
     except BaseException as error:
-        message = _error_line(error)
+        message = one_line(error)
         failed = {**state, "status": "failed", "ended": now(), "error": message}
         if not isinstance(error, UserError):  # a bug or a crash: keep its traceback
             failed["traceback"] = traceback.format_exc()

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from .compose import compose
+from .compose import compose, stage_names
 from .errors import SPEC_EXIT, Problem, SpecError, did_you_mean
 from .stages import STAGE_TYPES, StageConfig
 from .yaml_source import KeyPath, YamlDocument, format_path
@@ -77,11 +77,12 @@ def _candidates(loc: tuple[str | int, ...]) -> tuple[Any, ...]:
         if isinstance(part, int) and sequences:
             args = typing.get_args(sequences[0])
             candidates = _union_members(args[min(part, len(args) - 1)] if args else Any)
+        elif len(models) > 1 and any(part in _tag_of(m) for m in models):
+            # a union's tag (``probe``), also when another member has a field of that name
+            candidates = tuple(m for m in models if part in _tag_of(m))
         elif models and any(part in m.model_fields for m in models):
             model = next(m for m in models if part in m.model_fields)
             candidates = _union_members(model.model_fields[part].annotation)
-        elif models and any(part in _tag_of(m) for m in models):
-            candidates = tuple(m for m in models if part in _tag_of(m))
         else:
             return ()
     return candidates
@@ -115,7 +116,11 @@ def describe(annotation: Any) -> str:
     if origin is typing.Literal:
         return str(args[0]) if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple):
-        items = [a for a in args if a is not Ellipsis]
+        items = [
+            typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
+            for a in args
+            if a is not Ellipsis
+        ]
         word = _WORDS.get(items[0], ("", "values"))[1] if items else "values"
         if items and describe(items[0]).startswith("a mapping"):
             word = "mappings"
@@ -177,26 +182,50 @@ _TYPE_ERRORS = {
 }  # fmt: skip
 
 
-def _document_path(doc: YamlDocument, loc: tuple[str | int, ...]) -> KeyPath:
-    """Drop the union tags pydantic puts into ``loc`` (e.g. ``stages.0.pretrain.epochs``)."""
+def _document_path(doc: YamlDocument, loc: tuple[str | int, ...], kind: str = "") -> KeyPath:
+    """Drop the union tags pydantic puts into ``loc``: a discriminated union's (e.g.
+    ``stages.0.pretrain.epochs``) and a plain union's member names (``num_workers.WorkerRange
+    .min``, ``num_workers.constrained-int``): a key the data does not have, unless it is the
+    missing key an error is about."""
     path: list[str | int] = []
     node: Any = doc.data
-    for part in loc:
+    for depth, part in enumerate(loc):
+        missing = kind == "missing" and depth == len(loc) - 1
         if (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and part < len(node)
         ):
             node = node[part]
         elif isinstance(node, dict) and part in (node.get("type"), node.get("kind")):
             continue
+        elif isinstance(part, str) and not missing and node is not None and depth:
+            continue  # a member of a union (nothing below a scalar, no such key in a mapping)
         else:
             node = None
         path.append(part)
     return tuple(path)
 
 
+def _union_problems(doc: YamlDocument, errors: list[dict[str, Any]]) -> list[Problem]:
+    """Each error as a problem; of a plain union's members, only the errors of those that fit
+    the kind of value given (``num_workers: 0`` is a number too small, not a mapping), or, when
+    none fits, one line naming every kind the union takes."""
+    found = [(_document_path(doc, tuple(e["loc"]), e["type"]), e) for e in errors]
+
+    def member_of_other_kind(path: KeyPath, error: dict[str, Any]) -> bool:
+        return error["type"] in _TYPE_ERRORS and path[-1:] != tuple(error["loc"][-1:])
+
+    fitting = [(path, e) for path, e in found if not member_of_other_kind(path, e)]
+    problems = [_problem_from_pydantic(doc, e) for _, e in fitting]
+    unfit = {path: e for path, e in reversed(found) if member_of_other_kind(path, e)}
+    for path, error in unfit.items():
+        if not any(other[: len(path)] == path for other, _ in fitting):
+            problems.append(doc.problem(path, _expected(tuple(error["loc"][:-1]), error["input"])))
+    return problems
+
+
 def _problem_from_pydantic(doc: YamlDocument, error: dict[str, Any]) -> Problem:
     loc = tuple(error["loc"])
-    path = _document_path(doc, loc)
+    path = _document_path(doc, loc, error["type"])
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(path[-1])
@@ -310,9 +339,8 @@ def execution_order(spec: PipelineSpec) -> list[StageConfig]:
 
 def force_problems(doc: YamlDocument, force: Sequence[str]) -> list[Problem]:
     """``--force STAGE`` arguments that name no stage of the spec."""
-    stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
-    names = [s["name"] for s in stages or () if isinstance(s, dict) and "name" in s]
-    known = ", ".join(map(str, names))
+    names = stage_names(doc)
+    known = ", ".join(names)
     return [
         Problem(f"--force {name}", 0, 0, "", f"no stage named {name!r}{hint} (stages: {known})")
         for name in force
@@ -328,10 +356,17 @@ def validate_document(doc: YamlDocument, problems: Sequence[Problem] = ()) -> Pi
     try:
         spec = PipelineSpec.model_validate(doc.data)
     except ValidationError as error:
-        problems += [_problem_from_pydantic(doc, e) for e in error.errors()]
+        problems += _union_problems(doc, error.errors())
     if problems or spec is None:
         raise SpecError(problems)
     spec._source = doc
+    stages = {stage.name: stage for stage in spec.stages}
+    if mistakes := [
+        spec.problem(("stages", index, *field), message)
+        for index, stage in enumerate(spec.stages)
+        for field, message in stage.reference_problems(stages)
+    ]:
+        raise SpecError(mistakes)
     return spec
 
 
@@ -345,5 +380,5 @@ def load_spec(
 
     Raises ``SpecError`` listing every problem.
     """
-    doc, problems = compose(source, overrides)
+    doc, problems = compose(source, overrides, top_level=list(PipelineSpec.model_fields))
     return validate_document(doc, [*problems, *force_problems(doc, force)])

@@ -11,6 +11,11 @@ the code that runs is the ``sslpipe`` installed on the cluster's nodes
 (``deploy/Dockerfile``). Inside the job Ray sets ``RAY_ADDRESS``, so ``sslpipe run`` joins
 the cluster instead of starting its own Ray. ``submit`` waits for the job and streams its
 logs (``wait=False``: returns once it is submitted).
+
+A cluster with Ray's token authentication (every cluster ``deploy/`` ships) takes its token
+from ``--token-file``, else ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names.
+It is sent as the ``Authorization: Bearer`` header Ray's dashboard checks, so nothing else
+(``RAY_AUTH_MODE=token`` for Ray's own client) needs setting.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,16 +99,59 @@ def _relative_spec(spec: Path, working_dir: Path) -> Path:
         ) from None
 
 
+TOKEN_VARIABLE, TOKEN_PATH_VARIABLE = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+TOKEN_SOURCES = f"--token-file FILE, {TOKEN_VARIABLE} or {TOKEN_PATH_VARIABLE}"
+
+
+@dataclass(frozen=True)
+class ClusterToken:
+    """A token for Ray's token authentication, and where it came from (for messages; the
+    value itself is never printed)."""
+
+    value: str = field(repr=False)
+    source: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.value}"}
+
+
+def cluster_token(token_file: Path | None) -> ClusterToken | None:
+    """``token_file``, else ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names (the
+    order Ray itself reads the two variables in); ``None`` when none is given."""
+    if token_file is not None:
+        return _token_from_file(token_file, f"--token-file {token_file}")
+    if value := os.environ.get(TOKEN_VARIABLE, "").strip():
+        return ClusterToken(value, TOKEN_VARIABLE)
+    if path := os.environ.get(TOKEN_PATH_VARIABLE):
+        return _token_from_file(Path(path), f"{TOKEN_PATH_VARIABLE}={path}")
+    return None
+
+
+def _token_from_file(path: Path, source: str) -> ClusterToken:
+    try:
+        value = path.expanduser().read_text().strip()
+    except OSError as error:
+        raise UserError(f"{source}: cannot read the token: {error.strerror}") from None
+    if not value:
+        raise UserError(f"{source}: the file is empty; it should hold the cluster's token")
+    return ClusterToken(value, source)
+
+
 @contextmanager
-def _cluster_errors(address: str) -> Iterator[None]:
+def _cluster_errors(address: str, token: ClusterToken | None) -> Iterator[None]:
     """Turn what the cluster's dashboard answers (or not) into one-line ``UserError``s."""
     from ray.exceptions import AuthenticationError
 
     try:
         yield
     except AuthenticationError as error:
-        reason = " ".join(error.message.split())
-        raise UserError(f"{address} refused the token (RAY_AUTH_TOKEN): {reason}") from None
+        reason = error.message.splitlines()[0]
+        if token is not None:
+            raise UserError(f"{address} refused the token from {token.source}: {reason}") from None
+        if reason.startswith("Authentication failed"):  # 403: a token Ray found by itself
+            source = "the token Ray read itself (RAY_AUTH_MODE=token, ~/.ray/auth_token)"
+            raise UserError(f"{address} refused {source}: {reason}; give {TOKEN_SOURCES}") from None
+        raise UserError(f"{address} wants a token ({reason}): give {TOKEN_SOURCES}") from None
     except ConnectionError as error:
         reason = " ".join(str(error).split())
         raise UserError(f"no Ray dashboard at {address}: {reason}") from None
@@ -131,10 +180,11 @@ def submit(
     wait: bool = True,
     force: Sequence[str] = (),
     run_options: Sequence[str] = (),
+    token_file: Path | None = None,
 ) -> str:
     """Validate ``spec``, submit it as a Ray Job and print its id; with ``wait``, stream its
     logs until it ends. ``run_options`` are added to the job's ``sslpipe run`` (e.g.
-    ``--if-changed``). Returns the job id.
+    ``--if-changed``); ``token_file``: see ``cluster_token``. Returns the job id.
 
     Raises ``SpecError`` (nothing sent) for an invalid spec and ``UserError`` for a cluster
     that cannot be reached or refuses the job or, with ``wait``, a job that did not succeed.
@@ -144,8 +194,9 @@ def submit(
     entrypoint = _job_entrypoint(_relative_spec(spec, working_dir), overrides, options)
     _warn_if_workdir_is_relative(pipeline.workdir)
     url = cluster_address(address)
-    with _cluster_errors(url):
-        client = _client(url)
+    token = cluster_token(token_file)
+    with _cluster_errors(url, token):
+        client = _client(url, token)
         job_id = client.submit_job(
             entrypoint=entrypoint,
             runtime_env={"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES},
@@ -157,23 +208,27 @@ def submit(
     return job_id
 
 
-def _client(url: str) -> JobSubmissionClient:
-    """A client of the dashboard at ``url``. Ray would let ``ADDRESS_VARIABLES`` override the
-    address it is given; ``url`` has honoured them already, after ``--address``."""
+def _client(url: str, token: ClusterToken | None) -> JobSubmissionClient:
+    """A client of the dashboard at ``url`` that sends ``token`` with every request. Ray would
+    let ``ADDRESS_VARIABLES`` override the address it is given; ``url`` has honoured them
+    already, after ``--address``."""
     from ray.job_submission import JobSubmissionClient
 
     hidden = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
     try:
-        return JobSubmissionClient(url)
+        return JobSubmissionClient(url, headers=token.headers() if token else None)
     finally:
         os.environ.update(hidden)
 
 
-def job_command(action: str, job_id: str, address: str | None) -> None:
+def job_command(
+    action: str, job_id: str, address: str | None, token_file: Path | None = None
+) -> None:
     """``sslpipe job status|logs|follow|stop JOB_ID``."""
     url = cluster_address(address)
-    with _cluster_errors(url):
-        client = _client(url)
+    token = cluster_token(token_file)
+    with _cluster_errors(url, token):
+        client = _client(url, token)
         if action == "status":
             info = client.get_job_info(job_id)
             message = f": {info.message.splitlines()[0]}" if info.message else ""
@@ -191,6 +246,9 @@ def follow_job(client: JobSubmissionClient, job_id: str) -> None:
     """Print the job's logs as they come, then fail unless it succeeded."""
     from ray.job_submission import JobStatus
 
+    # An answer over HTTP first: the log stream (a websocket) would report a refused token or
+    # an unknown job as a bare handshake error.
+    client.get_job_status(job_id)
     try:
         asyncio.run(_print_logs(client, job_id))
     except KeyboardInterrupt:

@@ -40,7 +40,7 @@ from torch import nn
 from ._common import check_embeddings, full_precision
 from .backbones import mlp
 from .checks import check_batch
-from .method import Batch, MethodOutput, MethodSettings, SSLMethod, load_attribute
+from .method import Batch, MethodOutput, MethodSettings, Progress, SSLMethod, load_attribute
 
 if TYPE_CHECKING:
     from .catalog import MethodCard
@@ -108,7 +108,7 @@ class BYOL(SSLMethod):
 
     def __init__(self, card: MethodCard, settings: MethodSettings) -> None:
         super().__init__()
-        options = card.model_options(settings.options)
+        options = settings.options
         self.objective = load_attribute(card.objective)
         self.base_momentum = float(options["base_momentum"])
         self.backbone = settings.make_backbone()
@@ -128,7 +128,9 @@ class BYOL(SSLMethod):
         loss, terms = self.objective(p1, p2, t1, t2, return_terms=True)
         return MethodOutput({"loss": loss, **terms}, projections[0].detach(), features[0].detach())
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        tau = cosine_momentum(step, total_steps, self.base_momentum)
+    def after_step(self, progress: Progress) -> None:
+        # τ of the 0-based step being taken, as ``_update_fn`` evaluates ``target_ema`` at
+        # the step's ``global_step`` before incrementing it.
+        tau = cosine_momentum(progress.step, progress.total_steps, self.base_momentum)
         momentum_update(self.target_backbone, self.backbone, tau)
         momentum_update(self.target_projector, self.projector, tau)

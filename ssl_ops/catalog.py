@@ -14,20 +14,66 @@ signature). ``options`` are the model-level settings a spec's ``method_options:`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
 OptionValue = int | float | bool | str | tuple[int, ...]
 
-BACKBONE_NAMES = ("small_cnn", "resnet18", "resnet34", "resnet50")
+BACKBONE_NAMES = (
+    "small_cnn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny_patch16",
+    "vit_small_patch16",
+    "vit_base_patch16",
+    "vit_tiny_patch4",
+    "vit_small_patch4",
+    "vit_mini_patch4",
+)
 OPTIMIZER_NAMES = ("lars", "sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "step")
+# The optimizer's parameter groups (``ssl_ops.optim``): weight matrices and kernels, and
+# biases and normalisation parameters (ndim ≤ 1), which skip weight decay unless
+# ``decay_bias_and_norm``.
+PARAMETER_GROUPS = ("weights", "biases_and_norms")
 
 
 def _frozen(mapping: Mapping[str, OptionValue] | None = None) -> Mapping[str, OptionValue]:
     return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class HyperSchedule:
+    """A cosine over the run of one optimizer hyperparameter (a key of the optimizer's
+    parameter groups: ``"momentum"``, ``"weight_decay"``, ``"eta"``, …) from each group's
+    value at the start to ``end``, on the parameter groups named (``PARAMETER_GROUPS``)."""
+
+    hyperparameter: str
+    end: float
+    groups: tuple[str, ...] = PARAMETER_GROUPS
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer and its schedules as one run uses them: a card's defaults with the spec's
+    fields (``PretrainConfig.optimizer_settings``), resolved once."""
+
+    name: str
+    lr: float  # after the batch-size scaling
+    bias_lr: float | None  # biases and norm parameters, when they have their own
+    weight_decay: float
+    decay_bias_and_norm: bool
+    betas: tuple[float, float]
+    lr_schedule: str
+    warmup_epochs: float
+    lr_end: float  # the lr at the end of the cosine (bias_lr: scaled alike)
+    lr_drop_epochs: tuple[int, ...]  # step schedule: epochs before the end
+    lr_drop_factor: float
+    schedules: tuple[HyperSchedule, ...]  # weight decay's, then the card's
 
 
 @dataclass(frozen=True)
@@ -53,9 +99,30 @@ class MethodCard:
     warmup_epochs: float = 10  # linear warm-up before the schedule
     zero_init_residual: bool = False  # last BN of each ResNet block starts at zero
     decay_bias_and_norm: bool = False  # weight decay on biases and norm parameters too
+    weight_decay_end: float | None = None  # cosine from weight_decay to this over the run
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    lr_end_factor: float = 0.001  # the cosine ends at lr_end_factor × lr + min_lr
+    min_lr: float = 0.0
+    schedules: tuple[HyperSchedule, ...] = ()  # further per-group hyperparameter schedules
+    drop_path_rate: float = 0.0  # ViT backbones: stochastic depth
+    # The first n views are global crops (a teacher sees them): one size, no view larger.
+    global_views: int = 0
+    # Run length (epochs) → values of other fields (``options``: a mapping merged into the
+    # card's) for runs of up to that length: ``for_epochs`` picks the shortest length at least
+    # the run's, the longest beyond it.
+    epoch_presets: Mapping[int, Mapping[str, Any]] = field(default_factory=_frozen)
     loss: Mapping[str, OptionValue] = field(default_factory=_frozen)
     options: Mapping[str, OptionValue] = field(default_factory=_frozen)
     source: str = ""  # the official code the defaults were read from
+
+    def for_epochs(self, epochs: int) -> MethodCard:
+        """This card with the values of its ``epoch_presets`` entry for a run of ``epochs``."""
+        if not self.epoch_presets:
+            return self
+        lengths = sorted(self.epoch_presets)
+        preset = dict(self.epoch_presets[next((n for n in lengths if n >= epochs), lengths[-1])])
+        options = _frozen({**self.options, **preset.pop("options", {})})
+        return replace(self, **preset, options=options)
 
     def loss_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         return {**self.loss, **overrides}
@@ -136,6 +203,34 @@ _DCL = (
     "Yeh et al., ECCV 2022, eq. 6-7 (no official code; as lightly's DCLLoss), with SimCLR's "
     "training recipe (google-research/simclr@1.0)"
 )
+
+# byol/configs/byol.py:21-23 (_LR_PRESETS, _WD_PRESETS, _EMA_PRESETS), keyed by epochs.
+_BYOL_PRESETS = _frozen(
+    {
+        epochs: _frozen({"base_lr": lr, "weight_decay": wd, "options": {"base_momentum": tau}})
+        for epochs, lr, wd, tau in (
+            (40, 0.45, 1e-6, 0.97),
+            (100, 0.45, 1e-6, 0.99),
+            (300, 0.3, 1e-6, 0.99),
+            (1000, 0.2, 1.5e-6, 0.996),
+        )
+    }
+)
+# facebookresearch/dino main_dino.py:55-105 and the README's ViT runs (teacher τ 0.04 → 0.07
+# over 30 epochs): the DINO model's options.
+_DINO_OPTIONS: dict[str, OptionValue] = {
+    "out_dim": 65536,
+    "use_bn_in_head": False,
+    "norm_last_layer": True,
+    "base_momentum": 0.996,
+    "center_momentum": 0.9,
+    "warmup_teacher_temp": 0.04,
+    "teacher_temp": 0.07,
+    "warmup_teacher_temp_epochs": 30,
+    "freeze_last_layer_epochs": 1,
+    "clip_grad": 3.0,
+}
+
 
 METHODS: dict[str, MethodCard] = {
     "vicreg": _vicreg_family("vicreg", "sslpipe.ssl_ops.vicreg:vicreg_loss"),
@@ -238,9 +333,11 @@ METHODS: dict[str, MethodCard] = {
         weight_decay=1.5e-6,
         zero_init_residual=True,
         options=_frozen({"predictor_hidden": 4096, "base_momentum": 0.996}),
-        source="google-deepmind/deepmind-research byol/configs/byol.py (the 1000-epoch "
-        "preset: LARS 0.2 × batch/256, wd 1.5e-6, τ_base 0.996; projector and predictor "
-        "4096-256), utils/networks.py (no output bias), byol_experiment.py",
+        epoch_presets=_BYOL_PRESETS,
+        source="google-deepmind/deepmind-research byol/configs/byol.py:21-23 (LARS "
+        "lr × batch/256, wd and τ_base by run length: 40/100/300/1000 epochs; the fields "
+        "above are the 1000-epoch preset; projector and predictor 4096-256), "
+        "utils/networks.py (no output bias), byol_experiment.py",
     ),
     "simsiam": MethodCard(
         name="simsiam",
@@ -277,7 +374,63 @@ METHODS: dict[str, MethodCard] = {
         "pirl_jigsaw_4node_resnet50.yaml (SGD 0.12 at batch 1024 = 0.03 × batch/256, "
         "wd 1e-4, 128-d, τ 0.07, 32000 negatives, λ 0.5)",
     ),
+    "dino": MethodCard(
+        name="dino",
+        model="sslpipe.ssl_ops.dino:DINO",
+        objective="sslpipe.ssl_ops.dino:dino_loss",
+        projector=(2048, 2048, 256),  # the head's hidden widths, then its bottleneck
+        views="dino",
+        pairwise=False,
+        num_views=None,
+        global_views=2,
+        optimizer="adamw",
+        base_lr=5e-4,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        warmup_epochs=10,
+        lr_end_factor=0.0,
+        min_lr=1e-6,
+        drop_path_rate=0.1,
+        loss=_frozen({"student_temp": 0.1}),
+        options=_frozen(_DINO_OPTIONS),
+        source="facebookresearch/dino main_dino.py:55-117 (AdamW 5e-4 × batch/256, 10 warm-up "
+        "epochs, cosine to min_lr 1e-6, wd cosine 0.04 → 0.4 without biases and norms "
+        "(utils.get_params_groups), drop-path 0.1, clip 3.0 per parameter, last layer frozen "
+        "for 1 epoch, m 0.996 → 1, 65536 prototypes), README (τ_t 0.04 → 0.07 over 30 "
+        "epochs), vision_transformer.py:257 (DINOHead 2048-2048-256). ResNet-50: README.md:207 "
+        "(pipelines/examples/imagenet_dino_resnet50.yaml)",
+    ),
+    "mae": MethodCard(
+        name="mae",
+        model="sslpipe.ssl_ops.mae:MAE",
+        objective="sslpipe.ssl_ops.mae:mae_loss",
+        projector=(),  # the decoder is set by the options
+        views="mae",
+        pairwise=False,
+        num_views=1,
+        optimizer="adamw",
+        base_lr=1.5e-4,
+        weight_decay=0.05,
+        betas=(0.9, 0.95),
+        warmup_epochs=40,
+        lr_end_factor=0.0,
+        loss=_frozen({"norm_pix_loss": True}),
+        options=_frozen(
+            {"mask_ratio": 0.75, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16}
+        ),
+        source="facebookresearch/mae PRETRAIN.md (--norm_pix_loss --mask_ratio 0.75 "
+        "--warmup_epochs 40 --blr 1.5e-4 --weight_decay 0.05), main_pretrain.py:163-180 "
+        "(lr = blr × batch/256, AdamW betas (0.9, 0.95), no wd on biases and norms), "
+        "util/lr_sched.py (cosine to min_lr 0), models_mae.py:223-236 (decoder 512 × 8, 16 "
+        "heads)",
+    ),
 }
+
+
+def vit_patch_size(backbone: str) -> int | None:
+    """The patch side of a ViT backbone named ``vit_<size>_patch<n>`` (None for others)."""
+    match = re.fullmatch(r"vit_[a-z]+_patch(\d+)", backbone)
+    return int(match.group(1)) if match else None
 
 
 def get_method(name: str) -> MethodCard:

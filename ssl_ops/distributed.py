@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .checks import strict
+from .checks import UnequalBatchesError, strict
 
 ProcessGroup = dist.ProcessGroup | None
 
@@ -72,7 +72,7 @@ def _check_equal_batch_sizes(x: torch.Tensor, group: ProcessGroup) -> None:
     local = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
     counts = _all_gather(local, group).tolist()
     if len(set(counts)) != 1:
-        raise ValueError(
+        raise UnequalBatchesError(
             f"gather_with_grad needs the same local batch size on every rank, got {counts} "
             "(drop or pad the last batch so that every rank yields equal batches)"
         )
@@ -82,7 +82,8 @@ def gather_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tenso
     """Concatenate ``x`` from every rank along dim 0, keeping gradients for the local slice.
 
     One all_gather, no host sync. Every rank must pass the same shape; inside
-    ``checks.strict_checks()`` a mismatch raises ``ValueError`` on every rank.
+    ``checks.strict_checks()`` a mismatch raises ``UnequalBatchesError`` (a ``ValueError``) on
+    every rank.
     """
     if world_size(group) == 1:
         return x

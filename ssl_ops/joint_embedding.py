@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .backbones import mlp
 from .method import Batch, MethodOutput, MethodSettings, SSLMethod, load_attribute
 
 if TYPE_CHECKING:
@@ -45,10 +44,10 @@ if TYPE_CHECKING:
 class JointEmbedding(SSLMethod):
     def __init__(self, card: MethodCard, settings: MethodSettings) -> None:
         super().__init__()
-        options = card.model_options(settings.options)
+        options = settings.options
         self.objective: Callable[..., Any] = load_attribute(card.objective)
         self.pairwise = card.pairwise
-        self.loss_kwargs = card.loss_kwargs(settings.loss)
+        self.loss_kwargs = dict(settings.loss)
         self.project_views_together = bool(options.get("project_views_together", False))
         self.encode_views_together = bool(options.get("encode_views_together", False))
         self.backbone = settings.make_backbone()
@@ -61,7 +60,8 @@ class JointEmbedding(SSLMethod):
         self.branch: nn.ModuleDict | None = None
         if settings.separate_branches:
             second = settings.make_backbone(settings.branch_backbone)
-            projector = mlp(second.feature_dim, settings.projector, **self.projector_kwargs)
+            assert self.head_spec is not None
+            projector = self.head_spec.build(in_dim=second.feature_dim)
             self.branch = nn.ModuleDict({"backbone": second, "projector": projector})
 
     def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Optimizers and the learning-rate schedule used for pretraining.
+"""Optimizers and the per-step schedules of their hyperparameters used for pretraining.
 
 LARS (You et al., 2017, https://arxiv.org/abs/1708.03888) as in the official VICReg/Barlow
 code (``LARS`` in facebookresearch/vicreg ``main_vicreg.py`` and facebookresearch/barlowtwins
@@ -9,10 +9,13 @@ code (``LARS`` in facebookresearch/vicreg ``main_vicreg.py`` and facebookresearc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
+
+from .catalog import OptimizerSettings
 
 
 class LARS(torch.optim.Optimizer):
@@ -74,7 +77,9 @@ def _parameter_groups(
 ) -> list[dict]:
     """Weights decay; biases and norm parameters (ndim ≤ 1) skip LARS adaptation and, unless
     ``decay_bias_and_norm`` (SimSiam, W-MSE, spectral: their official optimizers decay every
-    parameter), weight decay too. Parameters in ``fixed_lr`` get groups of their own, marked
+    parameter), weight decay too — the rule of DINO's ``utils.get_params_groups`` and of the
+    timm ``add_weight_decay`` MAE's ``main_pretrain.py`` calls. Each group is named
+    (``catalog.PARAMETER_GROUPS``). Parameters in ``fixed_lr`` get groups of their own, marked
     ``fixed_lr`` for the scheduler (SimSiam's predictor, ``--fix-pred-lr``)."""
     fixed = {id(p) for p in fixed_lr}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -86,11 +91,13 @@ def _parameter_groups(
         groups += [
             {
                 "params": [p for p in params if p.ndim > 1],
+                "name": "weights",
                 "weight_decay": weight_decay,
                 "fixed_lr": is_fixed,
             },
             {
                 "params": [p for p in params if p.ndim <= 1],
+                "name": "biases_and_norms",
                 "weight_decay": weight_decay if decay_bias_and_norm else 0.0,
                 "lars_exclude": True,
                 "fixed_lr": is_fixed,
@@ -103,11 +110,19 @@ def _without_lars_flags(groups: list[dict]) -> list[dict]:
     return [{k: v for k, v in group.items() if k != "lars_exclude"} for group in groups]
 
 
-OPTIMIZERS = {
-    "lars": lambda groups, lr: LARS(groups, lr=lr),
-    "sgd": lambda groups, lr: torch.optim.SGD(_without_lars_flags(groups), lr=lr, momentum=0.9),
-    "adam": lambda groups, lr: torch.optim.Adam(_without_lars_flags(groups), lr=lr),
-    "adamw": lambda groups, lr: torch.optim.AdamW(_without_lars_flags(groups), lr=lr),
+OptimizerBuilder = Callable[[list[dict], float, tuple[float, float]], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {
+    "lars": lambda groups, lr, betas: LARS(groups, lr=lr),
+    "sgd": lambda groups, lr, betas: torch.optim.SGD(
+        _without_lars_flags(groups), lr=lr, momentum=0.9
+    ),
+    "adam": lambda groups, lr, betas: torch.optim.Adam(
+        _without_lars_flags(groups), lr=lr, betas=betas
+    ),
+    "adamw": lambda groups, lr, betas: torch.optim.AdamW(
+        _without_lars_flags(groups), lr=lr, betas=betas
+    ),
 }
 
 
@@ -119,11 +134,12 @@ def build_optimizer(
     weight_decay: float,
     bias_lr: float | None = None,
     decay_bias_and_norm: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
     fixed_lr: Iterable[torch.Tensor] = (),
 ) -> torch.optim.Optimizer:
     """Optimizer over weight / bias-and-norm groups (``_parameter_groups``); ``bias_lr`` gives
     the latter their own lr (Barlow Twins trains biases and BN parameters at 0.0048 against 0.2
-    for weights)."""
+    for weights); ``betas`` are Adam's and AdamW's (MAE: 0.9, 0.95)."""
     if name not in OPTIMIZERS:
         raise KeyError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     groups = _parameter_groups(
@@ -133,15 +149,37 @@ def build_optimizer(
         for group in groups:
             if group.get("lars_exclude"):
                 group["lr"] = bias_lr
-    return OPTIMIZERS[name](groups, lr)
+    return OPTIMIZERS[name](groups, lr, betas)
+
+
+def build_settings_optimizer(
+    settings: OptimizerSettings, model: nn.Module, fixed_lr: Iterable[torch.Tensor] = ()
+) -> torch.optim.Optimizer:
+    """``build_optimizer`` as ``settings`` say."""
+    return build_optimizer(
+        settings.name,
+        model,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        bias_lr=settings.bias_lr,
+        decay_bias_and_norm=settings.decay_bias_and_norm,
+        betas=settings.betas,
+        fixed_lr=fixed_lr,
+    )
+
+
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """``start`` at step 0 to ``end`` at ``total_steps`` (and after) along a half cosine: DINO's
+    ``utils.cosine_scheduler`` without warm-up."""
+    progress = min(1.0, step / max(1, total_steps))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, end_factor: float = 0.001):
     """LR multiplier: linear warmup from 0, then cosine decay to ``end_factor``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return end_factor + (1 - end_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cosine(step - warmup_steps, total_steps - warmup_steps, 1.0, end_factor)
 
 
 def warmup_step_decay(step: int, warmup_steps: int, drop_steps: list[int], factor: float) -> float:
@@ -150,3 +188,82 @@ def warmup_step_decay(step: int, warmup_steps: int, drop_steps: list[int], facto
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return factor ** sum(step >= drop for drop in drop_steps)
+
+
+StepFunction = Callable[[int], float]
+
+
+class HyperparameterScheduler:
+    """Sets every parameter group's scheduled hyperparameters for the step about to be taken:
+    ``functions[i][key](step)`` into ``param_groups[i][key]``, at construction (step 0) and
+    after each ``step()``. Its state is the step count; the functions are rebuilt from the
+    settings, so a resumed run continues exactly."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, functions: list[dict[str, StepFunction]]
+    ) -> None:
+        if len(functions) != len(optimizer.param_groups):
+            raise ValueError("one dictionary of schedules per parameter group")
+        self.optimizer = optimizer
+        self.functions = functions
+        self.steps = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, functions in zip(self.optimizer.param_groups, self.functions, strict=True):
+            for key, function in functions.items():
+                group[key] = function(self.steps)
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self._apply()
+
+
+def _scaled(multiplier: StepFunction, base: float) -> StepFunction:
+    return lambda step: base * multiplier(step)
+
+
+def _cosine_to(end: float, start: float, total_steps: int) -> StepFunction:
+    return lambda step: cosine(step, total_steps, start, end)
+
+
+def build_hyperparameter_scheduler(
+    optimizer: torch.optim.Optimizer,
+    settings: OptimizerSettings,
+    steps_per_epoch: int,
+    epochs: int,
+) -> HyperparameterScheduler:
+    """The lr of every group but those marked ``fixed_lr`` on warm-up then cosine (to
+    ``settings.lr_end``) or step decay; each of ``settings.schedules`` on its groups."""
+    total = steps_per_epoch * epochs
+    warmup = round(settings.warmup_epochs * steps_per_epoch)
+    if settings.lr_schedule == "step":
+        drops = [(epochs - e) * steps_per_epoch for e in settings.lr_drop_epochs]
+
+        def multiplier(step: int) -> float:
+            return warmup_step_decay(step, warmup, drops, settings.lr_drop_factor)
+    else:
+        end_factor = settings.lr_end / settings.lr
+
+        def multiplier(step: int) -> float:
+            return warmup_cosine(step, total, warmup, end_factor)
+
+    functions: list[dict[str, StepFunction]] = []
+    for group in optimizer.param_groups:
+        scheduled = {} if group.get("fixed_lr") else {"lr": _scaled(multiplier, group["lr"])}
+        for schedule in settings.schedules:
+            if group["name"] in schedule.groups:
+                start = group[schedule.hyperparameter]
+                scheduled[schedule.hyperparameter] = _cosine_to(schedule.end, start, total)
+        functions.append(scheduled)
+    return HyperparameterScheduler(optimizer, functions)

@@ -280,9 +280,9 @@ class PIRL(SSLMethod):
 
     def __init__(self, card: MethodCard, settings: MethodSettings) -> None:
         super().__init__()
-        options = card.model_options(settings.options)
+        options = settings.options
         self.objective = load_attribute(card.objective)
-        self.loss_kwargs = card.loss_kwargs(settings.loss)
+        self.loss_kwargs = dict(settings.loss)
         self.backbone = settings.make_backbone()
         feature_dim = self.backbone.feature_dim
         # VISSL's image head ``mlp [2048, 128]`` keeps its bias (an L2 normalisation follows).

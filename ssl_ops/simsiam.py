@@ -65,7 +65,7 @@ class SimSiam(SSLMethod):
 
     def __init__(self, card: MethodCard, settings: MethodSettings) -> None:
         super().__init__()
-        options = card.model_options(settings.options)
+        options = settings.options
         self.objective = load_attribute(card.objective)
         self.backbone = settings.make_backbone()
         self.projector = self.build_projector(

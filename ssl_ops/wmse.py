@@ -25,14 +25,17 @@ convolution; we solve against the centred rows directly, the same numbers), the 
 permutation shared by the views and loss normalisation 1/(w_iter·pairs). Differences: the
 official script runs on one GPU and permutes its own batch with the global RNG; here the
 permutation spans the gathered global batch (rank 0's draw, from ``generator`` if given). A
-sub-batch whose covariance is not positive definite raises a clear error here (the official
-``torch.linalg.cholesky`` raises too); reading that flag costs one host sync per call. The
-official head normalises all views together (its BN sees ``torch.cat`` of the views) — a
-property of the projector, not of this loss.
+sub-batch whose covariance is not positive definite (the official ``torch.linalg.cholesky``
+raises) makes the loss NaN, decided on the device with no host sync, so the trainer's
+non-finite guard stops the run at its next sync point; inside ``checks.strict_checks()`` it
+raises ``NotPositiveDefiniteError`` on every rank instead. The official head normalises all
+views together (its BN sees ``torch.cat`` of the views) — a property of the projector, not of
+this loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -40,23 +43,26 @@ import torch
 import torch.nn.functional as F
 
 from ._common import full_precision, l2_normalize, prepare
+from .checks import NotPositiveDefiniteError, ranks_at_fault, strict
 from .distributed import shared_randperm
 
 
 def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Cholesky-whiten the rows of ``x`` (…xmxD), batched over leading dimensions."""
+    """Cholesky-whiten the rows of ``x`` (…xmxD), batched over leading dimensions; all NaN
+    when a covariance is not positive definite (module docstring)."""
     m, d = x.shape[-2:]
     centred = x - x.mean(dim=-2, keepdim=True)
     cov = centred.transpose(-1, -2) @ centred / (m - 1)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     factor, info = torch.linalg.cholesky_ex((1 - eps) * cov + eps * eye)
-    if bool((info > 0).any()):
-        raise FloatingPointError(
+    failed = (info > 0).any()
+    if strict() and ranks_at_fault(failed.reshape(1))[0]:
+        raise NotPositiveDefiniteError(
             "wmse_loss: a sub-batch covariance is not positive definite (collapsed or "
             "linearly dependent embeddings); use eps > 0 or a larger w_size"
         )
     solved = torch.linalg.solve_triangular(factor, centred.transpose(-1, -2), upper=False)
-    return solved.transpose(-1, -2)
+    return solved.transpose(-1, -2) + torch.where(failed, math.nan, 0.0).to(x.dtype)
 
 
 @full_precision

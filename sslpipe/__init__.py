@@ -16,8 +16,8 @@ position) or ``UserError`` (a one-line reason), the errors the command line prin
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from sslpipe.pipelines.runner import StageResult
     from sslpipe.pipelines.spec import PipelineSpec
 
-__version__ = version("sslpipe")
 __all__ = [
     "SpecError",
     "UsageError",
@@ -45,12 +44,17 @@ _ERRORS = ("SpecError", "UsageError", "UserError")
 
 
 def __getattr__(name: str) -> Any:
-    """The error classes, imported on first use: ``import sslpipe.ssl_ops`` runs this file
-    too, and the objectives must not import pipeline code."""
+    """The error classes and ``__version__``, on first use: ``import sslpipe.ssl_ops`` runs
+    this file too, the objectives must not import pipeline code, and every ``sslpipe``
+    command imports this before it can catch Ctrl-C (reading the version takes a while)."""
     if name in _ERRORS:
         from sslpipe.pipelines import errors
 
         return getattr(errors, name)
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("sslpipe")
     raise AttributeError(f"module 'sslpipe' has no attribute {name!r}")
 
 
@@ -114,16 +118,17 @@ def ingest(
     ``source``: an image folder, a ``.tar`` (also of per-class tars), a ``.csv``/``.jsonl``
     file list, or ``"synthetic:N"``; ``shard_size``: samples, or bytes like ``"512MB"``.
     """
-    from sslpipe.datasets.ingest import read_manifest
-    from sslpipe.pipelines.cli import build_parser
+    from sslpipe.pipelines.cli_datasets import ingest_images
 
-    argv = ["ingest", str(source), "--out", str(out), "--shard-size", str(shard_size)]
-    argv += ["--val-fraction", str(val_fraction), "--seed", str(seed)]
-    argv += ["--workers", str(workers)] if workers is not None else []
-    argv += [] if labelled else ["--unlabelled"]
-    args = build_parser().parse_args(argv)
-    args.handler(args)
-    return read_manifest(Path(out))
+    return ingest_images(
+        str(source),
+        Path(out),
+        shard_size=str(shard_size),
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=(os.cpu_count() or 1) if workers is None else workers,
+        labelled=labelled,
+    )
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -84,3 +84,37 @@ def test_validate_imports_nothing_heavy() -> None:
         f"assert main(['validate', {path!r}]) == 0" for path in examples
     )
     assert heavy_modules_after(f"import os\nos.chdir({str(REPO)!r})\n{code}") == []
+
+
+PIPES = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+UNGUARDED = """\
+import sslpipe
+
+manifest = sslpipe.ingest("synthetic:48", {out!r}, shard_size=8, workers=2)
+print("ingested", manifest["num_samples"])
+"""
+
+
+def test_api_runs_unguarded_as_a_script_from_stdin_and_as_a_kernel(tmp_path: Path) -> None:
+    """The ingest workers must not run the caller's main module again: a script without a
+    ``__main__`` guard, code piped to ``python -``, and a module started with ``python -m``
+    (as Jupyter starts its kernel, whose cells run in the main module) each ingest once."""
+    (tmp_path / "script.py").write_text(UNGUARDED.format(out=str(tmp_path / "a")))
+    (tmp_path / "kernel.py").write_text(UNGUARDED.format(out=str(tmp_path / "c")))
+    ways = {
+        "script": ([sys.executable, "script.py"], None),
+        "stdin": ([sys.executable, "-"], UNGUARDED.format(out=str(tmp_path / "b"))),
+        "kernel": ([sys.executable, "-m", "kernel"], None),
+    }
+    running = {
+        way: (subprocess.Popen(command, cwd=tmp_path, text=True, **PIPES), code)
+        for way, (command, code) in ways.items()
+    }
+    for way, (process, code) in running.items():
+        try:
+            out, _ = process.communicate(code, timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 0, (way, out)
+        assert "Traceback" not in out and out.count("ingested") == 1, (way, out)
+        assert out.splitlines()[-1] == "ingested 48", (way, out)

@@ -1,6 +1,7 @@
 """The loader contract on both backends: equal batch counts per rank, every sample once per
 epoch across the ranks, a new order and a new split every epoch, split indices, exact resume;
-and the torch backend where DALI is not installed."""
+the torch backend where DALI is not installed; the defaults resolved where the loader runs
+(memory maps off on network filesystems, prefetch depth by device)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslpipe.datasets.filesystems import (
+    MOUNTS,
+    filesystem_type,
+    is_network_type,
+    on_network_filesystem,
+    parse_mounts,
+)
 from sslpipe.datasets.ingest import ingest, split_shards
-from sslpipe.datasets.loaders import LoaderConfig, build_loader
+from sslpipe.datasets.loaders import PREFETCH_DEFAULT, LoaderConfig, build_loader, with_defaults
 from sslpipe.datasets.recipes import ViewRecipe
 
 BACKENDS = ["dali", "torch"]
@@ -134,3 +142,41 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr
     assert "the dali loader needs nvidia" in result.stdout
     assert "or use the torch loader" in result.stdout
+
+
+MOUNT_TABLE = """\
+/dev/vda1 / ext4 rw,relatime 0 0
+server:/export /data nfs4 rw,relatime,vers=4.2 0 0
+10.0.0.1@tcp:/lustre /data/lustre lustre rw,flock 0 0
+s3fs /data/lustre/bucket fuse.s3fs rw,nosuid 0 0
+/dev/vdb /data/local\\040disk ext4 rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "networked"),
+    [
+        ("/home/someone/shards/train-000000.tar", "ext4", False),
+        ("/data/imagenet/train-000000.tar", "nfs4", True),
+        ("/data/lustre/imagenet", "lustre", True),
+        ("/data/lustre/bucket/train-000000.tar", "fuse.s3fs", True),
+        ("/data/local disk/train-000000.tar", "ext4", False),  # the octal escape of a space
+        ("/database/train-000000.tar", "ext4", False),  # /data is no prefix of /database
+    ],
+)
+def test_network_filesystems_from_a_mount_table(path: str, kind: str, networked: bool) -> None:
+    assert filesystem_type(path, parse_mounts(MOUNT_TABLE)) == kind
+    assert is_network_type(kind) is networked
+
+
+@pytest.mark.skipif(not MOUNTS.exists(), reason="no /proc/mounts (not Linux)")
+def test_local_shards_are_memory_mapped_and_prefetch_follows_the_device(
+    shards: list[Path],
+) -> None:
+    assert filesystem_type(shards[0], parse_mounts(MOUNTS.read_text())) is not None
+    assert not on_network_filesystem(shards[0])
+    resolved = with_defaults(LoaderConfig(batch_size=4, device="cpu"), shards)
+    assert resolved.memory_map is True and resolved.prefetch == PREFETCH_DEFAULT["cpu"] == 2
+    assert PREFETCH_DEFAULT["gpu"] == 3
+    chosen = LoaderConfig(batch_size=4, device="cpu", memory_map=False, prefetch=5)
+    assert with_defaults(chosen, shards) == chosen

@@ -94,3 +94,22 @@ def test_a_preset_added_at_run_time_is_validated_and_usable(
     monkeypatch.setitem(PRESETS, "broken", [{"size": -1}])
     with pytest.raises(ValidationError):
         Spec(views="broken")
+
+
+def test_cifar_presets_keep_their_methods_crop_area() -> None:
+    """Each CIFAR preset crops the area of its method's official recipe (SimSiam 0.2–1,
+    main_simsiam.py:230; DINO 0.4–1 / 0.05–0.4; MAE 0.2–1; the others 0.08–1)."""
+    areas = {
+        name: {r.crop_scale for r in get_recipe(name)}
+        for name in ("simclr_cifar", "byol_cifar", "vicreg_cifar", "simsiam_cifar",
+                     "wmse_cifar", "dino_cifar", "mae_cifar")
+    }  # fmt: skip
+    assert areas == {
+        "simclr_cifar": {(0.08, 1.0)},
+        "byol_cifar": {(0.08, 1.0)},
+        "vicreg_cifar": {(0.08, 1.0)},
+        "simsiam_cifar": {(0.2, 1.0)},
+        "wmse_cifar": {(0.2, 1.0)},
+        "dino_cifar": {(0.4, 1.0), (0.05, 0.4)},
+        "mae_cifar": {(0.2, 1.0)},
+    }

@@ -3,7 +3,8 @@
 The launcher config is checked against the JSON schema inside the installed ``ray``; the
 KubeRay objects against the fields of KubeRay's v1 API types (ray-operator/apis/ray/v1,
 release 1.7), so a field KubeRay does not have (a ``concurrencyPolicy`` on a RayCronJob, say)
-fails here rather than being dropped silently by the API server.
+fails here rather than being dropped silently by the API server. Every cluster shipped runs
+with Ray's token authentication, its token in a Secret or a file, never in a manifest.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ RAYCLUSTER_FIELDS = {
     "historyServerOptions", "networkPolicy", "tlsOptions", "headGroupSpec", "rayVersion",
     "workerGroupSpecs",
 }  # fmt: skip
+AUTH_OPTIONS_FIELDS = {"mode", "secretName", "enableK8sTokenAuth"}
+AUTOSCALER_OPTIONS_FIELDS = {
+    "resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds",
+    "upscalingMode", "version", "env", "envFrom", "volumeMounts", "command", "args",
+}  # fmt: skip
 HEAD_GROUP_FIELDS = {
     "template", "headService", "enableIngress", "ingressOptions", "resources", "labels",
     "rayStartParams", "serviceType",
@@ -64,6 +70,7 @@ REQUIRED = {
     "CronJob": ["spec.schedule", "spec.jobTemplate.spec.template.spec.containers"],
     "ConfigMap": ["data"],
     "PersistentVolumeClaim": ["spec.accessModes", "spec.resources.requests.storage"],
+    "PriorityClass": ["value"],
     "ServiceAccount": [],
     "Role": ["rules"],
     "RoleBinding": ["subjects", "roleRef.kind", "roleRef.name", "roleRef.apiGroup"],
@@ -75,6 +82,7 @@ API_VERSIONS = {
     "CronJob": "batch/v1",
     "ConfigMap": "v1",
     "PersistentVolumeClaim": "v1",
+    "PriorityClass": "scheduling.k8s.io/v1",
     "ServiceAccount": "v1",
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
@@ -160,10 +168,129 @@ def test_kuberay_objects_use_only_fields_kuberay_has() -> None:
         assert set(cron["spec"]) <= RAYCRONJOB_FIELDS, set(cron["spec"]) - RAYCRONJOB_FIELDS
     cluster = _the("RayCluster")["spec"]
     assert set(cluster) <= RAYCLUSTER_FIELDS
+    assert set(cluster["authOptions"]) <= AUTH_OPTIONS_FIELDS
+    assert set(cluster["autoscalerOptions"]) <= AUTOSCALER_OPTIONS_FIELDS
     assert set(cluster["headGroupSpec"]) <= HEAD_GROUP_FIELDS
     for group in cluster["workerGroupSpecs"]:
         assert set(group) <= WORKER_GROUP_FIELDS
         assert {"groupName", "template"} <= set(group)
+
+
+def _env_entries(value: Any) -> Iterator[dict[str, Any]]:
+    """Every container ``env`` entry anywhere in a manifest (pods, templates, the autoscaler)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "env" and isinstance(item, list):
+                yield from item
+            else:
+                yield from _env_entries(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _env_entries(item)
+
+
+def _ray_version(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def test_every_cluster_and_job_runs_with_token_authentication() -> None:
+    """KubeRay: the RayCluster has authOptions.mode token (KubeRay >= 1.5.1 creates the Secret
+    and gives the token to every Ray container and to the submitters of the RayJobs that select
+    it), with a Ray that has token authentication (>= 2.52); every RayJob and RayCronJob runs
+    on such a cluster. The dashboard listens on the pod's address only with the token on."""
+    clusters = {doc["metadata"]["name"]: doc["spec"] for doc in _of_kind("RayCluster")}
+    for spec in clusters.values():
+        assert spec["authOptions"]["mode"] == "token"
+        assert _ray_version(spec["rayVersion"]) >= (2, 52)
+    for job in _job_specs():
+        selected = job.get("clusterSelector", {}).get("ray.io/cluster")
+        cluster = clusters[selected] if selected else job["rayClusterSpec"]
+        assert cluster["authOptions"]["mode"] == "token", job["entrypoint"]
+
+
+def test_no_token_is_written_in_deploy() -> None:
+    """A token is read from a Secret (KubeRay) or a file copied from the user's machine (the
+    launcher), never written in a manifest: no Secret objects, no RAY_AUTH_TOKEN values."""
+    assert not _of_kind("Secret")
+    for where, doc in DOCUMENTS:
+        for entry in _env_entries(doc):
+            if entry["name"] == "RAY_AUTH_TOKEN":
+                assert "value" not in entry and entry["valueFrom"]["secretKeyRef"], where
+    text = "\n".join(path.read_text() for path in (*MANIFESTS, DEPLOY / "ray-cluster.yaml"))
+    assert "RAY_AUTH_TOKEN=" not in text and "auth_token:" not in text
+
+
+def test_launcher_runs_ray_with_a_token_file_and_a_loopback_dashboard() -> None:
+    """``ray up``: every Ray process of the image runs with RAY_AUTH_MODE=token and the token
+    file that file_mounts copies from the user's home (outside the repository); the dashboard
+    listens on the head's loopback (``ray dashboard`` forwards it over SSH)."""
+    options = dict(
+        option.removeprefix("-e ").split("=", 1)
+        for option in LAUNCHER["docker"]["run_options"]
+        if option.startswith("-e ")
+    )
+    assert options["RAY_AUTH_MODE"] == "token"
+    source = LAUNCHER["file_mounts"][options["RAY_AUTH_TOKEN_PATH"]]
+    assert source.startswith("~/")
+    (start,) = [c for c in LAUNCHER["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in start.split()
+    text = (DEPLOY / "ray-cluster.yaml").read_text()
+    assert "0.0.0.0" not in text
+
+
+def _tolerates(pod: dict[str, Any], taint: dict[str, str]) -> bool:
+    return any(
+        t["key"] == taint["key"]
+        and t.get("effect") in (None, taint["effect"])
+        and (t["operator"] == "Exists" or t.get("value") == taint["value"])
+        for t in pod.get("tolerations", [])
+    )
+
+
+def test_gpu_groups_autoscale_spot_first_then_on_demand() -> None:
+    """Both GPU groups autoscale from 0 (in-tree autoscaler v2, which honours group
+    priority): the preemptible group is tried first and only it goes to, and tolerates, the
+    tainted spot nodes, at a priority class that evicts nobody; the groups run the same pods.
+    The launcher's node types say the same with spot instances."""
+    cluster = _the("RayCluster")["spec"]
+    assert cluster["enableInTreeAutoscaling"] and cluster["autoscalerOptions"]["version"] == "v2"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    spot, on_demand = groups["gpu-spot"], groups["gpu"]
+    for group in groups.values():
+        assert 0 == group["replicas"] == group["minReplicas"] < group["maxReplicas"]
+    assert spot["priority"] > on_demand.get("priority", 0)
+    spot_pod, on_demand_pod = spot["template"]["spec"], on_demand["template"]["spec"]
+    ((label, value),) = spot_pod["nodeSelector"].items()
+    taint = {"key": label, "value": value, "effect": "NoSchedule"}
+    assert _tolerates(spot_pod, taint) and not _tolerates(on_demand_pod, taint)
+    classes = {doc["metadata"]["name"]: doc for doc in _of_kind("PriorityClass")}
+    preemptible = classes[spot_pod["priorityClassName"]]
+    assert preemptible["value"] < 0 and preemptible["preemptionPolicy"] == "Never"
+    head_class = classes[_head_pod()["priorityClassName"]]
+    assert head_class["value"] > preemptible["value"]
+    assert spot_pod["containers"] == on_demand_pod["containers"]
+    assert spot_pod["volumes"] == on_demand_pod["volumes"]
+    types = LAUNCHER["available_node_types"]
+    assert types["gpu-spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert "InstanceMarketOptions" not in types["gpu"]["node_config"]
+    assert types["gpu-spot"]["priority"] > types["gpu"].get("priority", 0)
+    assert types["gpu-spot"]["resources"] == types["gpu"]["resources"]
+
+
+NETWORK_OPTIONS = ["NCCL_IB_HCA", "NCCL_SOCKET_IFNAME", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA"]
+
+
+def test_nccl_network_options_are_documented_where_they_are_set() -> None:
+    """InfiniBand and EFA: each setting in deploy/README.md's table is offered (commented) in
+    both cluster configs, and the image can carry EFA's libfabric and aws-ofi-nccl."""
+    table = README[README.index("### Network between nodes") :].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.MULTILINE))
+    assert set(NETWORK_OPTIONS) <= documented
+    kuberay = (DEPLOY / "kuberay" / "raycluster.yaml").read_text()
+    launcher = (DEPLOY / "ray-cluster.yaml").read_text()
+    for name in documented:
+        assert name in kuberay and name in launcher, name
+    assert any(arg.startswith("EFA_INSTALLER_VERSION=") for arg in _dockerfile("ARG"))
 
 
 def test_cluster_has_a_gpu_group_shared_memory_and_a_shared_volume() -> None:
@@ -339,26 +466,46 @@ def _quantity(value: str | int | float) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def _node_groups() -> list[tuple[str, dict[str, float], int]]:
-    """(where, what one node gives Ray, how many such nodes there may be) for every node kind
-    of the KubeRay cluster and of the launcher config."""
-    cluster = _the("RayCluster")["spec"]
-    groups = [(cluster["headGroupSpec"], 1, "head")]
-    groups += [(g, g["maxReplicas"], g["groupName"]) for g in cluster["workerGroupSpecs"]]
-    found = []
-    for group, count, name in groups:
-        params = group["rayStartParams"]
-        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        cpus = _quantity(params.get("num-cpus", limits["cpu"]))
-        gpus = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
-        found.append((f"raycluster.yaml {name}", {"CPU": cpus, "GPU": gpus}, count))
+CONFIGS = ("raycluster.yaml", "ray-cluster.yaml")
+
+
+def _node_kinds(config: str) -> tuple[list[tuple[dict[str, float], int, bool]], int | None]:
+    """Every kind of node a deploy config may start: (what one gives Ray, how many there may
+    be, whether it counts against the cap), and the cap on worker nodes in all (None: none).
+    KubeRay caps each group (maxReplicas); the launcher each type and all of them together."""
+    if config == "raycluster.yaml":
+        cluster = _the("RayCluster")["spec"]
+        groups = [(cluster["headGroupSpec"], 1)]
+        groups += [(g, g["maxReplicas"]) for g in cluster["workerGroupSpecs"]]
+        kinds = []
+        for group, count in groups:
+            params = group["rayStartParams"]
+            limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+            cpus = _quantity(params.get("num-cpus", limits["cpu"]))
+            gpus = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+            kinds.append(({"CPU": cpus, "GPU": gpus}, count, False))
+        return kinds, None
+    kinds = []
     for name, node_type in LAUNCHER["available_node_types"].items():
-        head = name == LAUNCHER["head_node_type"]
-        count = 1 if head else min(node_type.get("max_workers", LAUNCHER["max_workers"]),
-                                   LAUNCHER["max_workers"])  # fmt: skip
         resources = {"CPU": 0, "GPU": 0, **node_type["resources"]}
-        found.append((f"ray-cluster.yaml {name}", resources, count))
-    return found
+        if name == LAUNCHER["head_node_type"]:
+            kinds.append((resources, 1, False))
+        else:
+            kinds.append((resources, node_type["max_workers"], True))
+    return kinds, LAUNCHER["max_workers"]
+
+
+def _room(config: str, need: dict[str, float]) -> int:
+    """How many workers that each reserve ``need`` the nodes of ``config`` can hold at most."""
+    kinds, cap = _node_kinds(config)
+    fits = [(min(int(node[r] // n) for r, n in need.items() if n), count, capped)
+            for node, count, capped in kinds]  # fmt: skip
+    room, left = 0, cap
+    for fit, count, capped in sorted(fits, key=lambda kind: kind[0], reverse=True):
+        nodes = min(count, left) if capped and left is not None else count
+        room += fit * nodes
+        left = left - nodes if capped and left is not None else left
+    return room
 
 
 def _worker_demand(stage: Any) -> dict[str, float]:
@@ -367,26 +514,26 @@ def _worker_demand(stage: Any) -> dict[str, float]:
     return {"CPU": stage.cpus_per_worker(), "GPU": int(stage.use_gpu)}
 
 
+def _most_workers(stage: Any) -> int:
+    """A stage's workers; an elastic pretrain group's ``max``."""
+    workers = stage.num_workers
+    return workers if isinstance(workers, int) else workers.max
+
+
 def _shortfalls(spec_name: str, overrides: tuple[str, ...] = ()) -> list[str]:
-    """For each pretrain/probe stage of a spec and each deploy config: why its workers do not
-    fit in the nodes that config may start (empty when they do)."""
+    """For each pretrain/probe stage of a spec and each deploy config: why its workers (an
+    elastic group's max) do not fit in the nodes that config may start (empty when they do)."""
     spec = load_spec(EXAMPLES / spec_name, overrides)
-    configs = {where.split()[0] for where, _, _ in _node_groups()}
     problems = []
     for stage in spec.stages:
         if stage.type not in ("pretrain", "probe"):
             continue
-        need = _worker_demand(stage)
-        for config in configs:
-            capacity = [
-                count * min(int(node[r] // n) for r, n in need.items() if n)
-                for where, node, count in _node_groups()
-                if where.startswith(config)
-            ]
-            if max(capacity) < stage.num_workers:
+        need, workers = _worker_demand(stage), _most_workers(stage)
+        for config in CONFIGS:
+            if (room := _room(config, need)) < workers:
                 problems.append(
-                    f"{spec_name} {stage.name}: {stage.num_workers} workers of {need}; "
-                    f"{config} has room for {max(capacity)}"
+                    f"{spec_name} {stage.name}: {workers} workers of {need}; "
+                    f"{config} has room for {room}"
                 )
     return problems
 
@@ -397,15 +544,24 @@ def test_example_fits_what_deploy_provides(example: str, monkeypatch) -> None:
     assert _shortfalls(example) == []
 
 
-def test_readme_scale_out_command_fits_the_shipped_node_cap() -> None:
-    (command,) = re.findall(
-        r"^\s*sslpipe submit (\S+) .*--set (stages\.pretrain\.num_workers=(\d+))$",
-        README,
-        flags=re.MULTILINE,
-    )
-    spec, override, workers = command
-    assert int(workers) == 32
-    assert _shortfalls(Path(spec).name, (override,)) == []
-    beyond = _shortfalls(Path(spec).name, ("stages.pretrain.num_workers=64",))
-    assert len(beyond) == 2, beyond  # 8 nodes: over the cap of both configs
-    assert "`maxReplicas`" in README and "`max_workers`" in README  # the field to raise
+MULTI_NODE = ["imagenet_vicreg_resnet50_8nodes.yaml", "imagenet_vicreg_resnet50_16nodes.yaml"]
+
+
+def test_node_count_is_a_value_past_the_biggest_example(monkeypatch) -> None:
+    """The 8- and 16-node examples (elastic, from half their nodes) fit both configs as
+    shipped, the README's commands submit them, and 64 nodes do not fit: the node counts are
+    the values to raise (maxReplicas, max_workers), named in the README."""
+    monkeypatch.chdir(REPO)
+    submitted = re.findall(r"^\s*sslpipe submit pipelines/examples/(\S+)", README, re.MULTILINE)
+    assert set(MULTI_NODE) <= set(submitted)
+    for example in MULTI_NODE:
+        stages = {s.type: s for s in load_spec(EXAMPLES / example).stages}
+        low, high = stages["pretrain"].worker_range()
+        assert high > 8 and low == high // 2 and stages["pretrain"].use_gpu, example
+        assert stages["probe"].num_workers == high
+        # Shards on the shared NFS volume: plain reads, not memory maps.
+        assert not stages["pretrain"].memory_map and not stages["probe"].memory_map
+        assert _shortfalls(example) == []
+    beyond = _shortfalls(MULTI_NODE[-1], ("stages.pretrain.num_workers=512",))
+    assert [p.split(" has room")[0].split("; ")[-1] for p in beyond] == list(CONFIGS)
+    assert "`maxReplicas`" in README and "`max_workers`" in README

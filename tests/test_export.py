@@ -1,5 +1,5 @@
 """The export stage on a ResNet-18: torch.export, ONNX with a dynamic batch, safetensors that
-load into torchvision's own model, and the model card."""
+load into torchvision's own model, and the model card; a ViT through the same formats."""
 
 from __future__ import annotations
 
@@ -25,10 +25,8 @@ from sslpipe.ssl_ops import build_backbone, mlp
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pretrain")
     torch.manual_seed(0)
-    projector_kwargs = {"output_norm": True}  # a head with a batch norm on its output
-    encoder = torch.nn.Sequential(
-        build_backbone("resnet18"), mlp(512, [64, 32], **projector_kwargs)
-    )
+    head = {"in_dim": 512, "dims": [64, 32], "output_norm": True}  # BN on the output
+    encoder = torch.nn.Sequential(build_backbone("resnet18"), mlp(**head))
     with torch.no_grad():  # non-trivial batch-norm statistics, as after training
         for module in encoder.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -39,10 +37,9 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ModelDescription(
         method="vicreg",
         backbone="resnet18",
-        cifar_stem=False,
+        backbone_options={},
         feature_dim=512,
-        projector=[64, 32],
-        projector_kwargs=projector_kwargs,
+        head={"kind": "mlp", "kwargs": head},
         input_size=64,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
@@ -90,3 +87,38 @@ def test_projector_export_outputs_embeddings(pretrained: Path, tmp_path: Path) -
     (embeddings,) = session.run(None, {"images": np.random.rand(2, 3, 64, 64).astype("float32")})
     assert embeddings.shape == (2, 32)
     assert json.loads((out / "model_card.json").read_text())["output_dim"] == 32
+
+
+def test_vit_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """A ViT/4 on 32-px images: torch.export and ONNX take other batch sizes than the
+    example's, and both give torch's CLS features."""
+    model_dir = tmp_path / "pretrain"
+    model_dir.mkdir()
+    torch.manual_seed(0)
+    options = {"image_size": 32}
+    backbone = build_backbone("vit_mini_patch4", **options).eval()
+    torch.save(backbone.state_dict(), model_dir / BACKBONE_WEIGHTS)
+    ModelDescription(
+        method="vicreg",
+        backbone="vit_mini_patch4",
+        backbone_options=options,
+        feature_dim=backbone.feature_dim,
+        head=None,
+        input_size=32,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        epochs=1,
+        data_fingerprint="v" * 64,
+    ).write(model_dir)
+    out = tmp_path / "export"
+    assert _export(model_dir, out)["onnx_max_abs_diff"] <= 1e-4
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone(images).numpy()
+    (onnx_out,) = onnxruntime.InferenceSession(str(out / "model.onnx")).run(
+        None, {"images": images.numpy()}
+    )
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-4)
+    program = torch.export.load(out / "model.pt2")
+    np.testing.assert_allclose(program.module()(images).detach().numpy(), expected, atol=1e-5)
+    assert json.loads((out / "model_card.json").read_text())["output_dim"] == 128

@@ -1,7 +1,8 @@
-"""The README's how-to guides, as written: each block marked ``<!-- howto: NAME -->`` is read
-from README.md and run against generated data (commands that would train are validated and
-their data checked, which is what can go wrong in them; the training itself is
-``test_quickstart``'s)."""
+"""The how-to guides (``docs/howto/``, one page per task), as written: each block marked
+``<!-- howto: NAME -->`` is read from its page and run against generated data (commands that
+would train are validated and their data checked, which is what can go wrong in them; the
+training itself is ``test_quickstart``'s). Every page has such blocks, and every block is
+checked here."""
 
 from __future__ import annotations
 
@@ -23,14 +24,36 @@ from sslpipe.pipelines.spec import load_spec
 from sslpipe.pipelines.stages import STAGE_TYPES, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
+HOWTO = REPO / "docs" / "howto"
 WNIDS = ("n01440764", "n01443537")
+_BLOCK = r"<!-- howto: ([\w-]+) -->\n```\w+\n(.*?)```"
+CHECKED = {
+    "own-labelled", "own-unlabelled", "imagenet-val", "imagenet-spec", "gpu-check", "cluster",
+    "nightly", "resume", "explain", "set",
+}  # fmt: skip
+
+
+def _blocks() -> dict[str, tuple[str, str]]:
+    """Every how-to block: name → (page, text)."""
+    return {
+        name: (page.name, text)
+        for page in sorted(HOWTO.glob("*.md"))
+        for name, text in re.findall(_BLOCK, page.read_text(), re.DOTALL)
+    }
 
 
 def _block(name: str) -> str:
+    assert name in _blocks(), f"docs/howto has no how-to block {name!r}"
+    return _blocks()[name][1]
+
+
+def test_every_page_has_checked_blocks_and_every_block_is_checked() -> None:
+    blocks = _blocks()
+    assert set(blocks) == CHECKED
+    pages = {page for page, _ in blocks.values()}
+    assert pages == {p.name for p in HOWTO.glob("*.md")}
     readme = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- howto: {name} -->\n```\w+\n(.*?)```", readme, re.DOTALL)
-    assert match, f"README has no how-to block {name!r}"
-    return match.group(1)
+    assert all(f"(docs/howto/{page})" in readme for page in pages)
 
 
 def _commands(name: str) -> list[list[str]]:
@@ -157,3 +180,18 @@ def test_cluster_and_nightly_commands_are_what_sslpipe_takes(
     args = build_parser().parse_args(nightly)
     assert args.command == "run" and args.if_changed
     load_spec(args.spec, args.overrides)
+
+
+def test_resume_and_discovery_commands_are_what_sslpipe_takes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    first, again, status = _commands("resume")
+    assert first == again and build_parser().parse_args(first).command == "run"
+    assert build_parser().parse_args(status).command == "status"
+    for command in _commands("explain"):
+        assert main(command) == 0, command
+    out = capsys.readouterr().out
+    assert "vicreg.loss.sim_coeff: default 25.0" in out and "barlow_twins 0.0051" in out
+    (validate,) = _commands("set")
+    assert main(validate) == 0

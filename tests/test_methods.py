@@ -49,3 +49,29 @@ def test_backbone_names_match_the_builders() -> None:
     from sslpipe.ssl_ops.backbones import BACKBONES
 
     assert set(BACKBONE_NAMES) == set(BACKBONES)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "lr", "weight_decay", "tau"),
+    [(40, 0.45, 1e-6, 0.97), (100, 0.45, 1e-6, 0.99), (200, 0.3, 1e-6, 0.99),
+     (300, 0.3, 1e-6, 0.99), (1000, 0.2, 1.5e-6, 0.996), (1500, 0.2, 1.5e-6, 0.996)],
+)  # fmt: skip
+def test_byol_takes_the_official_values_of_its_run_length(
+    epochs: int, lr: float, weight_decay: float, tau: float
+) -> None:
+    """byol/configs/byol.py:21-23: the shortest preset at least as long as the run."""
+    card = METHODS["byol"].for_epochs(epochs)
+    assert (card.base_lr, card.weight_decay, card.options["base_momentum"]) == (
+        lr, weight_decay, tau,
+    )  # fmt: skip
+    assert card.options["predictor_hidden"] == 4096
+
+
+def test_vit_patch_sizes_match_the_builders() -> None:
+    from sslpipe.ssl_ops.backbones import VIT_SHAPES
+    from sslpipe.ssl_ops.catalog import vit_patch_size
+
+    assert {n: vit_patch_size(n) for n in VIT_SHAPES} == {
+        n: s.patch_size for n, s in VIT_SHAPES.items()
+    }
+    assert vit_patch_size("resnet50") is None

@@ -220,3 +220,41 @@ def test_quiet_output_passes_our_lines_only(capsys) -> None:
         "[pretrain] step 3/18 (17%) epoch 1/3 loss 21.79, ETA 0m04s",
         "[probe] features 2/4",
     ]
+
+
+def test_every_command_and_argument_has_help() -> None:
+    import argparse
+
+    from sslpipe.pipelines.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    missing.extend([] if helps.get(name) else [f"{path} {name}"])
+                    walk(sub, f"{path} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {action.dest}")
+
+    walk(build_parser(), "sslpipe")
+    assert missing == []
+
+
+def test_methods_lists_defaults_views_and_loss_options(capsys) -> None:
+    code, out, _ = _sslpipe(capsys, "methods")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "vicreg: views 'vicreg', projector [8192, 8192, 8192], lars at base_lr 0.2 (linear "
+        "scaling), weight_decay 1e-06, cosine schedule after 10 warm-up epochs",
+        '  loss: sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=0.0001, loss_precision="fp32"',
+    ]
+    assert "barlow_twins: " in out and "lambd=0.0051" in out
+    code, _, err = _sslpipe(capsys, "methods", "vicrg")
+    assert code == 2 and _one_line(err).startswith(
+        "error: methods: no method 'vicrg'; did you mean 'vicreg'?"
+    )
+    code, _, err = _sslpipe(capsys, "explain", "vicreg.loss.sim_coef")
+    assert code == 2 and "did you mean 'sim_coeff'?" in _one_line(err)

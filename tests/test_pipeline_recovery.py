@@ -1,6 +1,6 @@
-"""Stopping and crashing a real run, then continuing it: SIGTERM, a second run on the same
-workdir, SIGKILL of the driver, a stale lock, and a resumed pretrain that ends with exactly
-the configured number of steps and nothing left half-written."""
+"""Stopping and crashing a real run, then continuing it: Ctrl-C during pretrain, a second run
+on the same workdir, SIGKILL of the driver, a stale lock, a resumed pretrain that ends with
+exactly the configured number of steps, Ctrl-C during probe, and nothing left half-written."""
 
 from __future__ import annotations
 
@@ -64,16 +64,25 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path, ray_cleanup) -> 
     that starts and stops Ray itself."""
     workdir = tmp_path / "runs"
 
-    # 1. SIGTERM mid-pretrain: the workers checkpoint, the run stops cleanly.
+    # 1. Ctrl-C mid-pretrain (SIGINT to the process group, as a terminal sends it; SIGTERM
+    # is test_pretrain_pirl's): the workers checkpoint, the run stops cleanly.
     first = Run(workdir, tmp_path / "first.log")
     try:
         first.wait_for(f"step 4/{TOTAL_STEPS} ")
-        first.process.send_signal(signal.SIGTERM)
+        os.killpg(first.process.pid, signal.SIGINT)
         assert first.finish(timeout=90) == 130, first.output()
     finally:
         first.kill_leftovers()
-    assert "stopped at step" in first.output()
-    assert "the same command continues from here" in first.output()
+    assert "Traceback" not in first.output()
+    assert (
+        first.output()
+        .strip()
+        .splitlines()[-1]
+        .startswith("interrupted by SIGINT: stage 'pretrain' stopped at step ")
+    )
+    assert (
+        first.output().strip().endswith("(checkpoint kept); the same command continues from here")
+    )
     assert _state(workdir, "pretrain")["status"] == "interrupted"
     assert _state(workdir, "ingest")["status"] == "succeeded"
     assert not (workdir / ".lock").exists()
@@ -92,9 +101,13 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path, ray_cleanup) -> 
             timeout=120,
         )
         assert rival.returncode == 1
-        assert rival.stderr.strip() == (
-            f"error: {workdir} is in use by another run (pid {second.process.pid}); "
-            "wait for it or stop it"
+        pid = second.process.pid
+        assert rival.stderr.strip().startswith(
+            f"{TINY}:4:1: workdir: {workdir} is in use by another run (pid {pid}, since "
+        )
+        assert rival.stderr.strip().endswith(
+            f", running: pretrain); wait for it (sslpipe status {workdir}) or stop it "
+            f"(kill -INT {pid})"
         )
         # 3. SIGKILL of the driver after one more checkpoint: no chance to clean up.
         resumed_at = int(second.output().split("resumed from step ")[1].split("/")[0])
@@ -105,10 +118,12 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path, ray_cleanup) -> 
         second.kill_leftovers()
     assert (workdir / ".lock").exists()
 
-    # 4. The same command again: takes the stale lock over, resumes, finishes.
+    # 4. The same command again: takes the stale lock over, resumes; Ctrl-C during probe.
     third = Run(workdir, tmp_path / "third.log")
     try:
-        assert third.finish() == 0, third.output()
+        third.wait_for("[probe] running")
+        os.killpg(third.process.pid, signal.SIGINT)
+        assert third.finish() == 130, third.output()
     finally:
         third.kill_leftovers()
     output = third.output()
@@ -116,6 +131,21 @@ def test_sigterm_second_run_sigkill_then_resume(tmp_path: Path, ray_cleanup) -> 
     assert "[ingest] up to date, skipped" in output
     assert "[pretrain] running: last run did not finish" in output
     assert "[pretrain] resumed from step" in output
+    assert "Traceback" not in output
+    assert output.strip().splitlines()[-1] == (
+        "interrupted by SIGINT: stage 'probe' stopped before it finished; "
+        "the same command continues from here"
+    )
+    assert _state(workdir, "probe")["status"] == "interrupted"
+
+    # 5. Once more: probe and export only.
+    fourth = Run(workdir, tmp_path / "fourth.log")
+    try:
+        assert fourth.finish() == 0, fourth.output()
+    finally:
+        fourth.kill_leftovers()
+    assert "[pretrain] up to date, skipped" in fourth.output()
+    assert "[probe] running: last run interrupted" in fourth.output()
     history = [json.loads(line) for line in (workdir / "pretrain/history.jsonl").open()]
     assert [h["step"] for h in history] == list(range(1, TOTAL_STEPS + 1))
     assert _state(workdir, "pretrain")["metrics"]["step"] == TOTAL_STEPS

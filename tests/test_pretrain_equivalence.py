@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sslpipe.pipelines.stages.pretrain import PretrainConfig
 from sslpipe.pipelines.training.step import build_training_method, train_step
-from sslpipe.ssl_ops import Batch
-from sslpipe.ssl_ops.optim import build_optimizer
+from sslpipe.ssl_ops import Batch, Progress
+from sslpipe.ssl_ops.optim import HyperparameterScheduler, build_optimizer
 
 GLOBAL_BATCH, STEPS = 16, 3
 CONFIG = {
@@ -43,13 +43,14 @@ def _losses(rank: int, world: int) -> list[float]:
     method = build_training_method(config, 0, world, torch.device("cpu"))
     model = DistributedDataParallel(method, forward_sync_buffers=False) if world > 1 else method
     optimizer = build_optimizer("sgd", method, lr=config.learning_rate(), weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scheduler = HyperparameterScheduler(optimizer, [{} for _ in optimizer.param_groups])
     local = GLOBAL_BATCH // world
     labels = Batch(torch.zeros(local, dtype=torch.long))
     losses = []
-    for step, views in enumerate(_batches(), start=1):
+    for step, views in enumerate(_batches()):
         mine = [v[rank * local : (rank + 1) * local] for v in views]
-        output = train_step(model, method, mine, labels, optimizer, scheduler, config, step, STEPS)
+        progress = Progress.at(step, STEPS, STEPS)
+        output = train_step(model, method, mine, labels, optimizer, scheduler, config, progress)
         losses.append(output.losses["loss"].item())
     return losses
 

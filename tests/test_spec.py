@@ -47,11 +47,11 @@ EXPECTED: list[tuple[str, str]] = [
     ),
     (
         "11_unknown_method.yaml",
-        "10:5: stages[1].method: 'vicregg' is not allowed; did you mean 'vicreg'? (allowed: vicreg, vicreg_exp, vicreg_ctr, barlow_twins, simclr, simclr_abs, simclr_sq, dcl, dclw, dcl_abs, dcl_sq, wmse, spectral, byol, simsiam, pirl)",
+        "10:5: stages[1].method: 'vicregg' is not allowed; did you mean 'vicreg'? (allowed: vicreg, vicreg_exp, vicreg_ctr, barlow_twins, simclr, simclr_abs, simclr_sq, dcl, dclw, dcl_abs, dcl_sq, wmse, spectral, byol, simsiam, pirl, dino, mae)",
     ),
     (
         "12_unknown_backbone.yaml",
-        "10:5: stages[1].backbone: 'resnet101' is not allowed; did you mean 'resnet50'? (allowed: small_cnn, resnet18, resnet34, resnet50)",
+        "10:5: stages[1].backbone: 'resnet101' is not allowed; did you mean 'resnet50'? (allowed: small_cnn, resnet18, resnet34, resnet50, vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_tiny_patch4, vit_small_patch4, vit_mini_patch4)",
     ),
     (
         "13_unknown_reference.yaml",
@@ -194,6 +194,93 @@ EXPECTED: list[tuple[str, str]] = [
     (
         "51_view_override_out_of_range.yaml",
         "13:5: stages[1].view_overrides: view_overrides.view 2: there are 2 views",
+    ),
+    (
+        "52_elastic_range_not_dividing.yaml",
+        "11:5: stages[1].num_workers: {min: 3, max: 8}: an elastic group takes only sizes that "
+        "divide global_batch_size 256 (each worker an equal share), and min and max must be "
+        "such sizes; sizes allowed in this range: 4, 8",
+    ),
+    (
+        "60_crop_area_in_percent.yaml",
+        "10:22: stages[1].view_overrides.crop_scale: [30, 100]: areas are fractions of the "
+        "image, in (0, 1]; written in percent? [0.3, 1]",
+    ),
+    (
+        "61_crop_area_reversed.yaml",
+        "10:22: stages[1].view_overrides.crop_scale: [1, 0.3]: the smaller value comes first: "
+        "[0.3, 1]",
+    ),
+    (
+        "62_negative_blur_sigma.yaml",
+        "11:26: stages[1].views[0].blur_sigma: [-1, 2]: both must be at least 0",
+    ),
+    (
+        "63_warmup_longer_than_run.yaml",
+        "11:5: stages[1].warmup_epochs: warm-up of 20 epochs must be shorter than the run "
+        "(epochs: 10)",
+    ),
+    (
+        "64_lr_drop_outside_run.yaml",
+        "12:5: stages[1].lr_drop_epochs: drops [50] epochs before the end fall outside the run "
+        "(epochs: 10); each must be below 10",
+    ),
+    (
+        "65_absurd_magnitudes.yaml",
+        "6:48: stages[0].source.image_size: must be at most 4096, got 100000",
+    ),
+    (
+        "65_absurd_magnitudes.yaml",
+        "10:5: stages[1].epochs: must be at most 10000, got 1000000000000",
+    ),
+    (
+        "65_absurd_magnitudes.yaml",
+        "11:5: stages[1].global_batch_size: must be at most 1048576, got 1000000000",
+    ),
+    ("65_absurd_magnitudes.yaml", "12:5: stages[1].dali_threads: must be at most 256, got 100000"),
+    (
+        "65_absurd_magnitudes.yaml",
+        "13:22: stages[1].view_overrides.size: must be at most 4096, got 100000",
+    ),
+    (
+        "66_promote_metric_not_written.yaml",
+        "19:35: stages[3].promote.metric: probe stage 'probe' writes no metric 'top_1'; did you "
+        "mean 'top1'? (its metrics: top1)",
+    ),
+    (
+        "67_promote_metric_of_baseline_off.yaml",
+        "19:35: stages[3].promote.metric: probe stage 'probe' writes no metric "
+        "'top1_random_init' (its metrics: top1)",
+    ),
+    ("68_probe_bounds.yaml", "14:13: stages[2].knn_k[0]: must be greater than 0, got 0"),
+    ("68_probe_bounds.yaml", "15:5: stages[2].batch_size: must be at most 1048576, got 100000000"),
+    (
+        "70_worker_counts_and_seeds.yaml",
+        "10:5: stages[1].num_workers: must be greater than 0, got 0",
+    ),
+    ("70_worker_counts_and_seeds.yaml", "11:5: stages[1].seed: must be at least 0, got -1"),
+    (
+        "70_worker_counts_and_seeds.yaml",
+        "12:23: stages[1].projector[1]: must be greater than 0, got 0",
+    ),
+    (
+        "70_worker_counts_and_seeds.yaml",
+        "17:5: stages[2].num_workers: expected a whole number, got a list of 1",
+    ),
+    (
+        "69_set_mistakes.yaml",
+        "--set pretrain.view_overrides.crop_scale=[30,100]: stages[1].view_overrides.crop_scale: "
+        "[30, 100]: areas are fractions of the image, in (0, 1]; written in percent? [0.3, 1]",
+    ),
+    (
+        "69_set_mistakes.yaml",
+        "--set pretrian.epochs=5: unknown key 'pretrian'; did you mean 'stages.pretrain.epochs'? "
+        "(a path starts with name, workdir, stages or a stage's name: ingest, pretrain)",
+    ),
+    (
+        "69_set_mistakes.yaml",
+        "--set stages.pretrain.epoch=5: stages[1].epoch: unknown key 'epoch'; did you mean "
+        "'epochs'?",
     ),
 ]
 
@@ -429,3 +516,19 @@ stages:
     assert [r.size for r in recipes] == [224, 224, 96, 96, 96, 64]
     assert [r.solarize_p for r in recipes] == [0, 0, 0.3, 0.3, 0.3, 0.3]
     assert recipes[2].crop_scale == (0.05, 0.14)
+
+
+def test_set_takes_stage_shorthand_when_no_top_level_key_has_the_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO)
+    spec = load_spec("tests/specs/tiny.yaml", ["pretrain.epochs=5", "workdir=elsewhere"])
+    assert spec.stage("pretrain").epochs == 5 and spec.workdir == "elsewhere"
+    with pytest.raises(SpecError) as raised:  # a mistake in a key the --set made is the --set's
+        load_spec("tests/specs/tiny.yaml", ["stages.probe.view_overrides.size=16"])
+    (problem,) = raised.value.problems
+    assert str(problem).startswith(
+        "--set stages.probe.view_overrides.size=16: stages[2].view_overrides: unknown key "
+        "'view_overrides' (allowed keys: "
+    )
+    assert "knn_k, knn_temperature" in str(problem)  # the probe's keys, not the export's

@@ -19,7 +19,8 @@ from dist_utils import spawn_gloo
 
 from sslpipe import ssl_ops
 from sslpipe.ssl_ops.byol import byol_loss
-from sslpipe.ssl_ops.checks import strict_checks
+from sslpipe.ssl_ops.checks import StrictCheckError, strict_checks
+from sslpipe.ssl_ops.dino import dino_loss, updated_center
 from sslpipe.ssl_ops.distributed import gather_with_grad
 from sslpipe.ssl_ops.simsiam import simsiam_loss
 from sslpipe.ssl_ops.sync_batchnorm import GlobalBatchNorm
@@ -51,6 +52,14 @@ def _wmse(tensors: Tensors, rows: slice) -> tuple[torch.Tensor, dict[str, torch.
     return ssl_ops.wmse_loss(list(tensors), w_size=8, w_iter=2, generator=generator), {}
 
 
+def _dino(tensors: Tensors, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Three student views, two teacher views: a per-sample loss, and the centre of the
+    teacher outputs of every rank (the official ``all_reduce`` in ``update_center``)."""
+    center = torch.linspace(-1, 1, D, dtype=torch.float64).unsqueeze(0)
+    loss = dino_loss(tensors[:3], tensors[3:], center, 0.5, student_temp=0.3)
+    return loss, {"center": updated_center(center, torch.cat(tensors[3:]), 0.9)}
+
+
 CASES: dict[str, tuple[int, Callable[[Tensors, slice], tuple]]] = {
     "vicreg": (2, _plain(ssl_ops.vicreg_loss)),
     "vicreg_bf16": (2, _plain(lambda a, b: ssl_ops.vicreg_loss(a, b, loss_precision="bf16"))),
@@ -78,8 +87,9 @@ CASES: dict[str, tuple[int, Callable[[Tensors, slice], tuple]]] = {
     "pirl": (2, _pirl),
     "byol": (4, _plain(byol_loss)),
     "simsiam": (4, _plain(simsiam_loss)),
+    "dino": (5, _dino),
 }
-PER_SAMPLE = {"pirl", "byol", "simsiam"}  # each rank's loss is its own mean
+PER_SAMPLE = {"pirl", "byol", "simsiam", "dino"}  # each rank's loss is its own mean
 # The ranks' gradient divided by W (DDP) is this factor times the single-process one.
 GRADIENT_FACTOR = {"barlow_official": 1 / WORLD}
 
@@ -128,8 +138,17 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         with strict_checks():
             gather_with_grad(torch.zeros(3 + rank, 2))
         results["unequal"] = "no error"
-    except ValueError as error:
-        results["unequal"] = str(error)
+    except StrictCheckError as error:
+        results["unequal"] = f"{type(error).__name__}: {error}"
+    # Only rank 1's embeddings are bad: both ranks must raise, with the same message.
+    z = torch.randn(3, 4)
+    z[0, 0] = float("nan") if rank == 1 else 0.0
+    try:
+        with strict_checks():
+            ssl_ops.vicreg_loss(z, torch.randn(3, 4))
+        results["nan_on_one_rank"] = "no error"
+    except StrictCheckError as error:
+        results["nan_on_one_rank"] = f"{type(error).__name__}: {error}"
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 
@@ -176,5 +195,15 @@ def test_global_batchnorm_matches_one_process(distributed_results: list[dict]) -
 
 def test_unequal_local_batches_raise_on_every_rank(distributed_results: list[dict]) -> None:
     for results in distributed_results:
+        assert results["unequal"].startswith("UnequalBatchesError: ")
         assert "same local batch size" in results["unequal"]
         assert "[3, 4]" in results["unequal"]
+
+
+def test_a_bad_input_on_one_rank_raises_the_same_error_on_every_rank(
+    distributed_results: list[dict],
+) -> None:
+    first, second = (results["nan_on_one_rank"] for results in distributed_results)
+    assert first == second
+    assert first.startswith("NonFiniteInputError: vicreg_loss: input 0 contains NaN or Inf")
+    assert "on rank(s) [1]" in first

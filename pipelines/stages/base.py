@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ENVIRONMENT_EXIT
 
 FieldPath = tuple[str | int, ...]
+SpecMistake = tuple[FieldPath, str]  # a key path inside a stage, and what is wrong there
+
+# Magnitudes past these are typing mistakes, not runs (docs/settings.md lists each bound): an
+# ImageNet run is 100-1000 epochs at batches up to 64k on at most a few hundred GPUs.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
+MAX_WORKERS = 4096
+MAX_THREADS = 256
+MAX_LR = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,12 +84,21 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     inputs: ClassVar[dict[str, str]] = {}
+    # Whether an interrupted attempt's staging folder is kept for the next one (same
+    # fingerprint): the stage's run continues the work it finds there.
+    resumable: ClassVar[bool] = False
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="stage name and folder name")
 
     def upstream(self) -> dict[str, str]:
         """Field name → upstream stage name, for the references that are set."""
         return {f: getattr(self, f) for f in self.inputs if getattr(self, f) is not None}
+
+    def reference_problems(self, stages: Mapping[str, StageConfig]) -> list[SpecMistake]:
+        """What this stage reads of another (``stages``: every stage by name) that the other
+        does not provide, e.g. a metric its probe stage does not write. ``validate`` asks every
+        stage once the spec is valid otherwise; it must not look at the machine."""
+        return []
 
     def machine_problems(self) -> list[MachineProblem]:
         """What would stop this stage on this machine before it does any work (its data paths
@@ -120,13 +138,21 @@ class ShardReaderConfig(StageConfig):
     dali_threads: int = Field(
         2,
         gt=0,
+        le=MAX_THREADS,
         description="loader threads (dali) or DataLoader processes (torch) per worker; a worker "
         "reserves this + 1 CPUs",
     )
     gang: ClassVar[bool]  # the workers start together (Ray Train) or queue (Ray tasks)
-    loader_prefetch: int = Field(2, gt=0, description="batches each loader prepares ahead")
-    memory_map: bool = Field(
-        True, description="memory-map the shards; false for shards on a network filesystem"
+    loader_prefetch: int | None = Field(
+        None,
+        gt=0,
+        le=64,
+        description="batches each loader prepares ahead; default 3 with a GPU, 2 without",
+    )
+    memory_map: bool | None = Field(
+        None,
+        description="memory-map the shards; default: yes unless they are on a network "
+        "filesystem (NFS, Lustre, FUSE…, found from the worker's mount table)",
     )
 
     def cpus_per_worker(self) -> int:

@@ -7,13 +7,16 @@ running it is ``pipelines/exporter.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import did_you_mean
 from ..registry import ModelRegistry
-from .base import MachineProblem, StageConfig, folder_problem
+from .base import MachineProblem, SpecMistake, StageConfig, folder_problem
+from .probe import ProbeConfig
 
 
 class PromoteConfig(BaseModel):
@@ -38,7 +41,7 @@ class ExportConfig(StageConfig):
     type: Literal["export"]
     model: str = Field(description="name of the pretrain stage to export")
     probe: str | None = Field(None, description="probe stage whose metrics go on the card")
-    include_projector: bool = Field(False, description="export backbone + projector")
+    include_projector: bool = Field(False, description="export backbone + the method's head")
     opset: int = Field(18, ge=18)
     check_batch_size: int = Field(3, gt=0, description="batch used for the onnxruntime check")
     promote: PromoteConfig | None = None
@@ -53,6 +56,19 @@ class ExportConfig(StageConfig):
                     f"stage (probe: {self.probe})"
                 )
         return self
+
+    def reference_problems(self, stages: Mapping[str, StageConfig]) -> list[SpecMistake]:
+        probe = stages.get(self.probe or "")
+        if self.promote is None or not isinstance(probe, ProbeConfig):
+            return []
+        key, names = self.promote.metric.split(".", 1)[1], probe.metric_names()
+        if key in names:
+            return []
+        message = (
+            f"probe stage {self.probe!r} writes no metric {key!r}{did_you_mean(key, names)} "
+            f"(its metrics: {', '.join(names)})"
+        )
+        return [(("promote", "metric"), message)]
 
     def machine_problems(self) -> list[MachineProblem]:
         if self.promote is None:

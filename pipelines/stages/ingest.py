@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sslpipe.datasets.recipes import MAX_SIDE
 from sslpipe.datasets.shards import IMAGE_EXTS
 
 from ..compose import RELATIVE_PATHS
 from ..errors import SPEC_EXIT, UserError
 from ..outputs import REJECTED
-from .base import MachineProblem, StageConfig, StageContext
+from .base import MAX_WORKERS, MachineProblem, StageConfig, StageContext
 
 if TYPE_CHECKING:
     from sslpipe.datasets.sources import Source
@@ -64,9 +65,9 @@ class SyntheticSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["synthetic"]
-    num_images: int = Field(6000, gt=0, description="images to generate")
-    image_size: int = Field(64, ge=16, description="side of the square images, pixels")
-    seed: int = Field(0, description="seed of the generator")
+    num_images: int = Field(6000, gt=0, le=10**8, description="images to generate")
+    image_size: int = Field(64, ge=16, le=MAX_SIDE, description="side of the square images, pixels")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the generator")
 
     def open(self) -> Source:
         from sslpipe.datasets.sources import SyntheticShapesSource
@@ -194,6 +195,8 @@ class IngestConfig(StageConfig):
     """Images from ``source`` → validated train/val WebDataset shards, a DALI index per shard,
     ``manifest.json`` and ``rejected.jsonl`` (every refused input with its reason)."""
 
+    resumable: ClassVar[bool] = True  # the shards its journal lists are not written again
+
     type: Literal["ingest"]
     source: SourceConfig = Field(description="where the images come from; `kind` says how")
     shard_size: int | str = Field(
@@ -203,8 +206,10 @@ class IngestConfig(StageConfig):
         None, description="bytes per shard with units (512MB, 1GiB); caps with shard_size"
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="stratified validation split")
-    split_seed: int = Field(0, description="seed of the train/val split")
-    workers: int | None = Field(None, gt=0, description="validation processes (default: cores)")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the train/val split")
+    workers: int | None = Field(
+        None, gt=0, le=MAX_WORKERS, description="validation processes (default: cores)"
+    )
 
     @field_validator("shard_size", "shard_bytes", mode="before")
     @classmethod

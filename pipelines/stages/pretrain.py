@@ -9,10 +9,11 @@ Running it is ``pipelines/training/`` (``driver.run`` launches, ``worker`` is ea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sslpipe.datasets.recipes import ViewEntry, ViewOverride, ViewRecipe, Views, resolve_views
 from sslpipe.ssl_ops.catalog import (
@@ -20,14 +21,27 @@ from sslpipe.ssl_ops.catalog import (
     LR_SCHEDULES,
     METHODS,
     OPTIMIZER_NAMES,
+    PARAMETER_GROUPS,
+    HyperSchedule,
     MethodCard,
+    OptimizerSettings,
     get_method,
+    vit_patch_size,
 )
 
 from ..errors import did_you_mean
 from ..plugins import add_plugins, plugin_names
 from ..registry import ModelRegistry
-from .base import MachineProblem, ShardReaderConfig, folder_problem
+from .base import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_WORKERS,
+    MachineProblem,
+    ResourceRequest,
+    ShardReaderConfig,
+    folder_problem,
+)
 
 # Plugin methods are catalog cards (plain data); plugin backbones are only named here and
 # loaded by the training worker.
@@ -36,6 +50,26 @@ MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 BackboneName = Literal[tuple([*BACKBONE_NAMES, *plugin_names("sslpipe.backbones")])]  # type: ignore[valid-type]
 OptimizerName = Literal[OPTIMIZER_NAMES]  # type: ignore[valid-type]
 ScheduleName = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
+
+
+class WorkerRange(BaseModel):
+    """An elastic worker group (Ray Train's ``ScalingConfig(num_workers=(min, max))``): it
+    starts once ``min`` workers fit, grows toward ``max`` as room appears and goes on with fewer
+    when a node is lost, each resize a restart from the latest checkpoint. It takes only sizes
+    that divide ``global_batch_size`` (``group_sizes``), so every size trains the same global
+    batches: the lr, the schedules and the statistics over the global batch keep their
+    meaning, and the data continues where the group left it (``loaders.EpochPlan``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(gt=0, le=MAX_WORKERS, description="the fewest workers the run trains with")
+    max: int = Field(gt=0, le=MAX_WORKERS, description="the most workers the run grows to (≥ min)")
+
+
+def group_sizes(global_batch: int, low: int, high: int) -> list[int]:
+    """The worker counts from ``low`` to ``high`` that split ``global_batch`` evenly: the
+    sizes an elastic group takes (Ray's choice rounded down to one of them)."""
+    return [size for size in range(low, high + 1) if global_batch % size == 0]
 
 
 class PretrainConfig(ShardReaderConfig):
@@ -63,7 +97,9 @@ class PretrainConfig(ShardReaderConfig):
     branch_backbone: BackboneName | None = Field(
         None, description="the second branch's backbone with separate_branches (default: backbone)"
     )
-    projector: list[int] | None = Field(None, description="projector widths; method default")
+    projector: list[Annotated[int, Field(gt=0, le=1 << 16)]] | None = Field(
+        None, description="projector widths; method default"
+    )
     views: Views | None = Field(
         None,
         validate_default=True,
@@ -75,22 +111,31 @@ class PretrainConfig(ShardReaderConfig):
         validate_default=True,
         description="recipe fields to change on every view, or with view: i on view i",
     )
-    epochs: int = Field(100, gt=0, description="passes over the train split")
+    epochs: int = Field(100, gt=0, le=MAX_EPOCHS, description="passes over the train split")
     global_batch_size: int = Field(
         256,
         gt=1,
+        le=MAX_BATCH,
         description="images per optimizer step over all workers (each takes an equal share)",
     )
     optimizer: OptimizerName | None = Field(None, description="method default")
-    base_lr: float | None = Field(None, gt=0, description="lr = base_lr × global_batch / 256")
-    weight_decay: float | None = Field(None, ge=0, description="method default")
+    base_lr: float | None = Field(
+        None, gt=0, le=MAX_LR, description="lr = base_lr × global_batch / 256"
+    )
+    weight_decay: float | None = Field(None, ge=0, le=1, description="method default")
+    weight_decay_end: float | None = Field(
+        None, ge=0, description="cosine from weight_decay to this over the run; method default"
+    )
+    drop_path_rate: float | None = Field(
+        None, ge=0, lt=1, description="ViT backbones: stochastic depth rate; method default"
+    )
     warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; method default")
     lr_schedule: ScheduleName | None = Field(
         None,
-        description="after warm-up: cosine decay to 0.001 × lr, or step decay (×lr_drop_factor "
-        "at each of lr_drop_epochs); method default",
+        description="after warm-up: cosine decay to the method's end lr, or step decay "
+        "(×lr_drop_factor at each of lr_drop_epochs); method default",
     )
-    lr_drop_epochs: list[int] = Field(
+    lr_drop_epochs: list[Annotated[int, Field(gt=0)]] = Field(
         [50, 25], description="step schedule: drop this many epochs before the end (W-MSE)"
     )
     lr_drop_factor: float = Field(0.2, gt=0, le=1, description="step schedule: lr multiplier")
@@ -99,9 +144,24 @@ class PretrainConfig(ShardReaderConfig):
         validate_default=True,
         description="objective options (method defaults; the method's card lists them)",
     )
-    num_workers: int = Field(2, gt=0, description="Ray Train workers (one GPU each with use_gpu)")
+    num_workers: Annotated[int, Field(gt=0, le=MAX_WORKERS)] | WorkerRange = Field(
+        2,
+        description="Ray Train workers (one GPU each with use_gpu): a number for a fixed group, "
+        "or {min: m, max: n} for an elastic one that resizes with the cluster",
+    )
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK",
+        description="Ray placement of the workers: PACK fills a node before the next, SPREAD "
+        "puts them on as many nodes as it can (a lost node takes fewer workers with it)",
+    )
+    resize_check_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="elastic groups: how often Ray Train looks for room to grow the group (a "
+        "resize restarts it from the latest checkpoint)",
+    )
     use_gpu: bool = Field(False, description="one GPU per worker: DALI on it, bf16, channels_last")
-    seed: int = Field(0, description="weights, data order and augmentations")
+    seed: int = Field(0, ge=0, lt=2**32, description="weights, data order and augmentations")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast on GPU")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     log_every_steps: int = Field(
@@ -112,6 +172,12 @@ class PretrainConfig(ShardReaderConfig):
     )
     checkpoint_every_epochs: int = Field(1, gt=0, description="checkpoint at every n-th epoch end")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="and every n steps")
+    checkpoint_every_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="and at the first sync point this many minutes after the last checkpoint "
+        "(uploads to storage_path run in the background)",
+    )
     checkpoints_to_keep: int = Field(2, gt=0, description="the newest kept in storage_path")
     max_failures: int = Field(0, ge=0, description="worker-group restarts from a checkpoint")
     monitor_every_steps: int = Field(50, gt=0, description="RankMe, online probe, collapse")
@@ -170,15 +236,53 @@ class PretrainConfig(ShardReaderConfig):
             _check_whitening(int(options["w_size"]), info.data.get("global_batch_size"), dims[-1])
         return loss
 
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_the_run(cls, warmup: float | None, info: ValidationInfo) -> float | None:
+        epochs = info.data.get("epochs")
+        if warmup is not None and epochs is not None and warmup >= epochs:
+            raise ValueError(
+                f"warm-up of {warmup:g} epochs must be shorter than the run (epochs: {epochs})"
+            )
+        return warmup
+
+    @field_validator("lr_drop_epochs")
+    @classmethod
+    def _drops_within_the_run(cls, drops: list[int], info: ValidationInfo) -> list[int]:
+        epochs = info.data.get("epochs")
+        outside = [drop for drop in drops if epochs is not None and drop >= epochs]
+        if outside:
+            raise ValueError(
+                f"drops {outside} epochs before the end fall outside the run (epochs: {epochs}); "
+                f"each must be below {epochs}"
+            )
+        return drops
+
     @field_validator("num_workers")
     @classmethod
-    def _batch_splits_evenly(cls, workers: int, info: ValidationInfo) -> int:
+    def _batch_splits_evenly(
+        cls, workers: int | WorkerRange, info: ValidationInfo
+    ) -> int | WorkerRange:
         batch = info.data.get("global_batch_size")
-        if batch is not None and batch % workers:
+        if batch is None:
+            return workers
+        if isinstance(workers, int):
+            if batch % workers:
+                raise ValueError(
+                    f"global_batch_size {batch} is not divisible by num_workers {workers}; each "
+                    f"worker takes an equal share (e.g. {batch - batch % workers} or "
+                    f"{batch + workers - batch % workers})"
+                )
+            return workers
+        if workers.max < workers.min:
+            raise ValueError(f"max {workers.max} is below min {workers.min}")
+        allowed = group_sizes(batch, workers.min, workers.max)
+        if workers.min not in allowed or workers.max not in allowed:
+            listing = ", ".join(map(str, allowed)) or "none"
             raise ValueError(
-                f"global_batch_size {batch} is not divisible by num_workers {workers}; each "
-                f"worker takes an equal share (e.g. {batch - batch % workers} or "
-                f"{batch + workers - batch % workers})"
+                f"{{min: {workers.min}, max: {workers.max}}}: an elastic group takes only sizes "
+                f"that divide global_batch_size {batch} (each worker an equal share), and min "
+                f"and max must be such sizes; sizes allowed in this range: {listing}"
             )
         return workers
 
@@ -217,11 +321,13 @@ class PretrainConfig(ShardReaderConfig):
         card = _card(info)
         if card is not None and "views" in info.data:
             views = info.data["views"]
-            overrides.apply(resolve_views(card.views if views is None else views))
+            recipes = overrides.apply(resolve_views(card.views if views is None else views))
+            _crops_fit(card, recipes, info.data.get("backbone"), _views_name(views, card))
         return overrides
 
     def card(self) -> MethodCard:
-        return get_method(self.method)
+        """The method's card, with its values for a run of ``epochs`` (``for_epochs``)."""
+        return get_method(self.method).for_epochs(self.epochs)
 
     def recipes(self) -> list[ViewRecipe]:
         """The views the loader makes: ``views`` (or the method's) with ``view_overrides``."""
@@ -258,10 +364,46 @@ class PretrainConfig(ShardReaderConfig):
             return None
         return self._scaled(card.lr_biases)
 
+    def drop_path(self) -> float:
+        return self.card().drop_path_rate if self.drop_path_rate is None else self.drop_path_rate
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        """The optimizer and its schedules: the card's defaults with this spec's fields."""
+        card = self.card()
+        schedules = card.schedules
+        end = card.weight_decay_end if self.weight_decay_end is None else self.weight_decay_end
+        if end is not None:
+            groups = PARAMETER_GROUPS if card.decay_bias_and_norm else ("weights",)
+            schedules = (HyperSchedule("weight_decay", end, groups), *schedules)
+        lr = self.learning_rate()
+        return OptimizerSettings(
+            name=self.optimizer_name(),
+            lr=lr,
+            bias_lr=self.bias_learning_rate(),
+            weight_decay=self.weight_decay_value(),
+            decay_bias_and_norm=card.decay_bias_and_norm,
+            betas=card.betas,
+            lr_schedule=self.schedule_name(),
+            warmup_epochs=self.warmup_epochs_value(),
+            lr_end=card.lr_end_factor * lr + card.min_lr,
+            lr_drop_epochs=tuple(self.lr_drop_epochs),
+            lr_drop_factor=self.lr_drop_factor,
+            schedules=schedules,
+        )
+
     def _scaled(self, base_lr: float) -> float:
         if self.card().lr_scaling == "linear":
             return base_lr * self.global_batch_size / 256
         return base_lr
+
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers: equal for a fixed group."""
+        workers = self.num_workers
+        return (workers, workers) if isinstance(workers, int) else (workers.min, workers.max)
+
+    def resource_request(self) -> ResourceRequest:
+        """What must fit for the run to start: ``min`` workers of an elastic group."""
+        return replace(super().resource_request(), workers=self.worker_range()[0])
 
     def machine_problems(self) -> list[MachineProblem]:
         problems = []
@@ -283,6 +425,25 @@ def _views_name(views: list[ViewEntry] | None, card: MethodCard) -> str:
     if len(views) == 1 and views[0].preset and not views[0].given("preset"):
         return f"the views of {views[0].preset!r}"
     return "the views"
+
+
+def _crops_fit(
+    card: MethodCard, recipes: list[ViewRecipe], backbone: str | None, given: str
+) -> None:
+    """The views' sizes suit the method and the backbone: a ViT's patches tile every view,
+    and a method with global crops gets them first, of one size, no view larger."""
+    sizes = [recipe.output_size for recipe in recipes]
+    patch = vit_patch_size(backbone) if backbone else None
+    if patch and any(size % patch for size in sizes):
+        raise ValueError(
+            f"{given} have sizes {sizes}: {backbone} needs multiples of its {patch}-px patch"
+        )
+    first = sizes[: card.global_views]
+    if first and (len(set(first)) > 1 or max(sizes) > first[0]):
+        raise ValueError(
+            f"{card.name} takes its {card.global_views} global crops first, of one size and "
+            f"no smaller than any other view; {given} have sizes {sizes}"
+        )
 
 
 def _card(info: ValidationInfo) -> MethodCard | None:

@@ -14,11 +14,11 @@ per probe kind its top-1/top-5 and per-class accuracy, and the extraction's thro
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import ShardReaderConfig
+from .base import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_WORKERS, ShardReaderConfig
 
 
 class ProbeConfig(ShardReaderConfig):
@@ -30,18 +30,40 @@ class ProbeConfig(ShardReaderConfig):
     data: str = Field(description="ingest stage whose train split trains the probes")
     test: str | None = Field(None, description="ingest stage to evaluate on; default: data's val")
     kinds: list[Literal["linear", "knn"]] = Field(["linear", "knn"], min_length=1)
-    epochs: int = Field(100, gt=0, description="linear classifier epochs")
-    lr: float = Field(1e-3, gt=0, description="linear classifier AdamW learning rate")
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(256, gt=0, description="extraction and linear classifier batch")
-    knn_k: list[int] = Field([20, 200], min_length=1, description="neighbours (Wu et al. 2018)")
-    knn_temperature: float = Field(0.07, gt=0)
+    epochs: int = Field(100, gt=0, le=MAX_EPOCHS, description="linear classifier epochs")
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description="linear classifier AdamW learning rate")
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    batch_size: int = Field(
+        256, gt=0, le=MAX_BATCH, description="extraction and linear classifier batch"
+    )
+    knn_k: list[Annotated[int, Field(gt=0, le=10_000)]] = Field(
+        [20, 200], min_length=1, description="neighbours (Wu et al. 2018)"
+    )
+    knn_temperature: float = Field(0.07, gt=0, le=10)
     random_init_baseline: bool = True
+    n_last_blocks: int = Field(
+        1,
+        gt=0,
+        description="ViT backbones: CLS tokens of the last n blocks concatenated (DINO's "
+        "linear evaluation: 4 for ViT-S); 1 = the backbone's pooled CLS feature",
+    )
+    avgpool_patch_tokens: bool = Field(
+        False,
+        description="ViT backbones: and the mean patch token of the last block (DINO's "
+        "evaluation of ViT-B, with n_last_blocks 1)",
+    )
     num_workers: int = Field(
-        1, gt=0, description="Ray tasks extracting features, each on a share of the shards"
+        1,
+        gt=0,
+        le=MAX_WORKERS,
+        description="Ray tasks extracting features, each on a share of the shards",
     )
     use_gpu: bool = Field(
         False, description="one GPU per task: the loader, the backbones and the probes on it"
     )
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast on GPU")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    def metric_names(self) -> list[str]:
+        """The numbers at the top of its ``metrics.json`` (what ``promote.metric`` can name)."""
+        return ["top1", *(["top1_random_init"] if self.random_init_baseline else [])]

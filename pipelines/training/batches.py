@@ -1,4 +1,4 @@
-"""Getting batches onto the device, and timing only the loader's hand-over."""
+"""Getting batches onto the device, and timing how long the device waits for them."""
 
 from __future__ import annotations
 
@@ -31,29 +31,82 @@ def prepare_batch(item: LoaderBatch, device: torch.device) -> tuple[list[torch.T
     return moved, Batch(labels.to(device, non_blocking=True), index)
 
 
+class DataWaitClock:
+    """How long the device waited for data, between the end of one step and the start of the
+    next.
+
+    ``begin()`` marks the moment the previous step's work is all queued (the loop asks the
+    loader for the next batch), ``end()`` the moment the next batch is ready to use. On CUDA
+    the marks are events on the current stream: the time between them is the time the GPU ran
+    nothing of ours — 0 when the step's queued kernels outlast the host's wait for the loader,
+    and including the batch's own hand-over work (DALI's copy out, the layout change) and any
+    wait of the stream for it. Reading it synchronises, so ``take()`` belongs at a sync point,
+    after the host has waited for the device. On the CPU the marks are host clock readings.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.on_cuda = device.type == "cuda"
+        self.pending: Any = None  # a begin() not yet ended
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.host_seconds = 0.0
+
+    def _mark(self) -> Any:
+        if not self.on_cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def begin(self) -> None:
+        """The previous step is queued; an earlier ``begin()`` not yet ended stays the start."""
+        if self.pending is None:
+            self.pending = self._mark()
+
+    def end(self) -> None:
+        """The batch is ready: the span since ``begin()`` was data wait."""
+        if self.pending is None:
+            return
+        start, self.pending = self.pending, None
+        stop = self._mark()
+        if self.on_cuda:
+            self.spans.append((start, stop))
+        else:
+            self.host_seconds += stop - start
+
+    def take(self) -> float:
+        """Seconds of data wait since the last ``take()``."""
+        if self.on_cuda:
+            if self.spans:
+                self.spans[-1][1].synchronize()  # recorded in stream order: all are done
+            waited = sum(start.elapsed_time(stop) for start, stop in self.spans) / 1000
+            self.spans = []
+            return waited
+        waited, self.host_seconds = self.host_seconds, 0.0
+        return waited
+
+
 @dataclass
 class TimedLoader:
-    """Iterates a loader and adds up the time spent inside ``next()`` — the loader's
-    hand-over, and nothing of the step (the step's GPU work runs asynchronously and is
-    waited for at the sync points, whose wall time the trainer measures)."""
+    """Iterates a loader, yielding batches already on ``clock``'s device (``prepare_batch``),
+    and has ``clock`` time the data wait: from when the consumer asks for a batch (its step's
+    work queued) to when that batch is ready. The step's own time is the trainer's."""
 
     loader: Any
-    waited: float = 0.0
+    device: torch.device
+    clock: DataWaitClock
 
-    def __iter__(self) -> Iterator[LoaderBatch]:
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], Batch]]:
+        self.clock.begin()
         iterator = iter(self.loader)
         while True:
-            start = time.perf_counter()
             try:
                 item = next(iterator)
             except StopIteration:
-                return
-            self.waited += time.perf_counter() - start
-            yield item
-
-    def take_waited(self) -> float:
-        waited, self.waited = self.waited, 0.0
-        return waited
+                return  # the wait goes on into the next epoch's first batch
+            prepared = prepare_batch(item, self.device)
+            self.clock.end()
+            yield prepared
+            self.clock.begin()
 
 
 class ReplayLoader:

@@ -2,7 +2,8 @@
 
 A checkpoint directory has ``state.pt`` (the method's whole ``state_dict`` — networks, target
 networks, memory banks — the optimizer, the scheduler, the step, the torch RNG and every
-rank's loader position), ``history.jsonl`` and ``model.json``. The final checkpoint also has
+rank's loader state: the group's position in the epoch and the rank's own random generators),
+``history.jsonl`` and ``model.json``. The final checkpoint also has
 the published weights: ``backbone.pt`` and ``encoder.pt`` (backbone + projector), written once.
 Periodic checkpoints are uploaded asynchronously (Ray Train's ``CheckpointUploadMode.ASYNC``),
 so training goes on while the copy to ``storage_path`` runs.
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from ray.train import CheckpointUploadMode
 
 from sslpipe.ssl_ops import SSLMethod
+from sslpipe.ssl_ops.optim import HyperparameterScheduler
 
 from ..model_io import ModelDescription
 from ..outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS, HISTORY
@@ -35,7 +37,7 @@ class TrainState:
 
     method: SSLMethod
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: HyperparameterScheduler
     description: ModelDescription
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -78,16 +80,20 @@ def report(
     *,
     rank: int,
     final: bool = False,
+    upload_now: bool = False,
 ) -> None:
     """Report to Ray Train (every rank must call); rank 0 attaches the checkpoint, which holds
-    every rank's loader position so that a restart continues mid-epoch with the same samples."""
+    every rank's loader state so that a restart continues mid-epoch with the same samples (a
+    group of another size from their shared position, ``loaders.resume_state``). The final
+    checkpoint and one with ``upload_now`` (a node is about to go) are in ``storage_path``
+    when this returns; the others upload in the background."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         states: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(states, loader_state)
     else:
         states = [loader_state]
     state.loader_states = states
-    mode = CheckpointUploadMode.SYNC if final else CheckpointUploadMode.ASYNC
+    mode = CheckpointUploadMode.SYNC if final or upload_now else CheckpointUploadMode.ASYNC
     checkpoint = None
     if rank == 0:
         # Ray Train deletes the folder once it is uploaded (ASYNC) or copied (SYNC, below).

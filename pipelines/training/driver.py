@@ -3,7 +3,9 @@
 The Ray run is named after the stage fingerprint, so rerunning the same command after a crash
 resumes its latest checkpoint and a changed config starts afresh. SIGINT/SIGTERM set the
 job's ``RunControl``: the workers checkpoint at their next sync point and return. A guard
-(non-finite values, collapse) ends the run with its reason and is not retried.
+(non-finite values, collapse) ends the run with its reason and is not retried. A
+``num_workers`` range makes the group elastic (``elastic.py``): Ray Train resizes it between
+min and max, each resize a restart from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ import ray
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
+    Result,
     RunConfig,
     ScalingConfig,
     TrainingFailedError,
@@ -33,7 +38,8 @@ from ..outputs import PRETRAIN_FILES, SAFETENSORS_WEIGHTS
 from ..ray_runtime import ensure_ray
 from ..registry import ModelRegistry
 from ..stages.base import StageContext
-from ..stages.pretrain import PretrainConfig
+from ..stages.pretrain import PretrainConfig, group_sizes
+from .elastic import ElasticTorchTrainer
 from .job import PretrainJob, RunControl
 from .worker import train_worker
 
@@ -41,7 +47,8 @@ from .worker import train_worker
 def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     manifest = read_manifest(ctx.inputs["data"])
     warm_start = _warm_start_weights(config)
-    ensure_ray(min_cpus=config.num_workers * config.cpus_per_worker())
+    fewest, most = config.worker_range()
+    ensure_ray(min_cpus=most * config.cpus_per_worker())
     # On the driver's node: a worker node that dies must not take the run's control with it.
     control = RunControl.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -57,17 +64,21 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         warm_start=warm_start,
         control=control,
         sample_log=os.environ.get("SSLPIPE_SAMPLE_LOG"),
+        step_pause_s=float(os.environ.get("SSLPIPE_STEP_PAUSE_S", "0")),
     )
-    trainer = TorchTrainer(
+    trainer = ElasticTorchTrainer(
         functools.partial(train_worker, job),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
+            num_workers=config.num_workers if fewest == most else (fewest, most),
             use_gpu=config.use_gpu,
             resources_per_worker={
                 "CPU": config.cpus_per_worker(),
                 **({"GPU": 1} if config.use_gpu else {}),
             },
+            placement_strategy=config.placement_strategy,
+            elastic_resize_monitor_interval_s=config.resize_check_seconds,
         ),
+        group_sizes=group_sizes(config.global_batch_size, fewest, most),
         run_config=RunConfig(
             name=f"{config.name}-{ctx.run_id}",
             storage_path=config.storage_path or str((ctx.workdir / "_ray").resolve()),
@@ -77,7 +88,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     )
     try:
         with stop_hook(lambda: control.request_stop.remote()):
-            result = trainer.fit()
+            result = _fit_off_the_main_thread(trainer)
         guard = ray.get(control.guard.remote())
     except TrainingFailedError as error:
         raise UserError(f"stage {config.name!r}: {_root_cause(error)}") from None
@@ -86,11 +97,27 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     if guard is not None:
         raise UserError(f"stage {config.name!r}: stopped by a guard at {guard}")
     if stop_requested():
-        raise KeyboardInterrupt(f"{stop_requested()}: stopped at step {result.metrics['step']}")
+        raise KeyboardInterrupt(f"stopped at step {result.metrics['step']} (checkpoint kept)")
     with result.checkpoint.as_directory() as checkpoint_dir:
         for name in PRETRAIN_FILES:
             shutil.copy(Path(checkpoint_dir) / name, ctx.out_dir / name)
     return {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+
+
+def _fit_off_the_main_thread(trainer: TorchTrainer) -> Result:
+    """``trainer.fit()`` in a thread while the main thread waits: called on the main thread,
+    Ray Train replaces the SIGINT handler with its own abort (no checkpoint, exit 1), so that
+    Ctrl-C would not stop at a checkpoint as SIGTERM does (``interrupt.py``)."""
+    outcome: Future[Result] = Future()
+
+    def fit() -> None:
+        try:
+            outcome.set_result(trainer.fit())
+        except BaseException as error:  # handed to the main thread, which raises it
+            outcome.set_exception(error)
+
+    threading.Thread(target=fit, name="ray-train-fit", daemon=True).start()
+    return outcome.result()
 
 
 def _warm_start_weights(config: PretrainConfig) -> str | None:

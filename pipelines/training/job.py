@@ -53,3 +53,7 @@ class PretrainJob(BaseModel):
     # rank-R.jsonl one line per step with the split indices it trained on, to check how the
     # samples are spread over ranks and nodes (tests/test_multinode.py).
     sample_log: str | None = None
+    # Seconds each rank sleeps after every step (from SSLPIPE_STEP_PAUSE_S; 0 in real runs): a
+    # test's tiny steps then take as long as real ones, so that a drain or a node loss the test
+    # causes mid-run lands before the run has finished (tests/test_elastic.py).
+    step_pause_s: float = 0.0

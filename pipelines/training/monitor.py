@@ -69,23 +69,37 @@ class Monitor:
         return cls(config, probe)
 
     def observe(self, output: MethodOutput, labels: torch.Tensor) -> None:
-        """Every step: train the online probe (no host synchronisation)."""
-        if self.probe is not None:
+        """Every step: train the online probe on the features the method offers (no host
+        synchronisation)."""
+        if self.probe is not None and output.features is not None:
             self.probe.train_step(output.features, labels)
 
     def is_check_step(self, step: int) -> bool:
         return step % self.config.monitor_every_steps == 0
 
     def statistics(self, output: MethodOutput, step: int) -> dict[str, torch.Tensor]:
-        """At a sync point: device scalars for the history. RankMe (a collective over the
-        global batch) and the probe's accuracy at every check step."""
+        """At a sync point: device scalars for the history. The embedding's statistics where
+        the method offers an embedding (RankMe, a collective over the global batch, at every
+        check step), and the probe's accuracy at every check step."""
         z = output.embedding
-        stats = {"embedding_std": z.float().std(dim=0).mean(), "normalised_std": normalised_std(z)}
+        stats = {}
+        if z is not None:
+            stats["embedding_std"] = z.float().std(dim=0).mean()
+            stats["normalised_std"] = normalised_std(z)
         if self.is_check_step(step):
-            stats["rankme"] = rankme(z)
+            if z is not None:
+                stats["rankme"] = rankme(z)
             if self.probe is not None:
                 stats["online_probe_top1"] = self.probe.take_accuracy()
         return stats
+
+    @staticmethod
+    def spread(stats: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """What the collapse guard reads: the normalised std, or +∞ (never collapsed) for a
+        method without an embedding."""
+        if "normalised_std" in stats:
+            return stats["normalised_std"].float()
+        return torch.full((), math.inf, device=device)
 
     def collapse(self, spread: float, step: int) -> str | None:
         """The collapse guard at a check step, given the largest normalised std over ranks:

@@ -1,18 +1,26 @@
 """The loop every Ray Train worker runs: loader → method → optimizer → loop → checkpoint.
 
-Each worker reads its own slice of the train shards (``shard_id`` = world rank; the loader
-derives each rank's augmentation seed from the run's seed) and takes
-``global_batch_size / world_size`` images per step. The method's objective gathers embeddings
-across workers with gradients and batch norm spans the global batch (``GlobalBatchNorm``: one
-differentiable all-reduce per layer, no host synchronisation),
-so one step is the same math as one process holding the global batch.
+Each worker takes its part of every step's global batch (``shard_id`` = world rank,
+``global_batch_size / world_size`` images; ``loaders.EpochPlan``: the step's samples do not
+depend on the group's size), so an elastic group that restarts with another size continues the
+epoch from the checkpoint's position with the samples not yet seen. The method's objective
+gathers embeddings across workers with gradients and batch norm spans the global batch
+(``GlobalBatchNorm``: one differentiable all-reduce per layer, no host synchronisation), so one
+step is the same math as one process holding the global batch, whatever the group's size.
 
 The loop synchronises with the host only at sync points — every ``log_every_steps``, every
 ``monitor_every_steps``, at checkpoints and at the end. There, one all-reduce decides for
 every rank at once whether to stop: a non-finite loss or embedding since the last sync point
 (a guard: the run ends with the reason, the last good checkpoint is kept and Ray does not
 retry it), representation collapse, or the driver's stop request (SIGINT/SIGTERM: checkpoint
-and return). Between sync points the loss terms add up on the device.
+and return). A sync point also checkpoints when ``checkpoint_every_minutes`` have passed on
+rank 0's clock, and, when Ray Train reports a node of the group being drained (a preemption
+notice), checkpoints at once and waits for the group's restart without that node. Between sync
+points the loss terms add up on the device. The first step's strict checks decide collectively
+too (``checks.StrictCheckError``, raised on every rank at once) and end the run as a guard
+does: every rank returns, since Ray Train retries a raised error of any type up to
+``max_failures`` times. ``data_wait_share`` is the time the device waited for batches
+(``batches.DataWaitClock``: CUDA events on a GPU, read at the sync point) over the window's.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,21 +42,25 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from sslpipe.datasets.loaders import LoaderConfig, build_loader
+from sslpipe.datasets.loaders import LoaderConfig, build_loader, resume_state
 from sslpipe.datasets.progress import Progress
-from sslpipe.ssl_ops import (
-    Batch,
-    MethodOutput,
-)
-from sslpipe.ssl_ops.checks import strict_checks
+from sslpipe.ssl_ops import Batch, MethodOutput
+from sslpipe.ssl_ops import Progress as StepProgress  # datasets.progress has a Progress bar
+from sslpipe.ssl_ops.checks import StrictCheckError, strict_checks
 
 from ..model_io import ModelDescription
 from ..stages.base import WORKER_COMPUTE_THREADS
-from .batches import ReplayLoader, TimedLoader, prepare_batch
+from .batches import DataWaitClock, ReplayLoader, TimedLoader
 from .checkpoint import TrainState, report
 from .job import PretrainJob
 from .monitor import Monitor
-from .step import build_scheduler, build_training_method, build_training_optimizer, train_step
+from .step import (
+    build_scheduler,
+    build_training_method,
+    build_training_optimizer,
+    method_settings,
+    train_step,
+)
 
 
 @dataclass
@@ -64,10 +77,9 @@ class Window:
         for name, value in output.losses.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        finite = torch.stack(
-            [torch.isfinite(v.detach()).all() for v in output.losses.values()]
-            + [torch.isfinite(output.embedding).all()]
-        ).all()
+        checked = [*output.losses.values()]
+        checked += [output.embedding] if output.embedding is not None else []
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in checked]).all()
         if self.first_bad is None:
             self.first_bad = torch.full((), math.inf, device=self.device)
         self.first_bad = torch.where(finite, self.first_bad, self.first_bad.clamp(max=step))
@@ -119,10 +131,16 @@ class Trainer:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 self.state.load(Path(directory))
-            if self.state.loader_states and len(self.state.loader_states) == self.world:
-                self.loader = self._loader(self.state.loader_states[self.rank] or None)
+            # The group's position in the epoch, whatever size it had (loaders.EpochPlan).
+            self.loader = self._loader(
+                resume_state(self.state.loader_states, self.rank, self.world)
+            )
             if self.rank == 0:
-                print(f"[pretrain] resumed from step {self.state.step}/{self.total_steps}")
+                print(
+                    f"[pretrain] resumed from step {self.state.step}/{self.total_steps} on "
+                    f"{self.world} worker(s)",
+                    flush=True,
+                )
         self.progress = (
             Progress(
                 "pretrain",
@@ -135,6 +153,7 @@ class Trainer:
             else None
         )
         self.window = Window(self.device)
+        self.last_checkpoint = time.monotonic()
 
     def _loader(self, checkpoint: dict[str, Any] | None) -> Any:
         config = self.config
@@ -162,10 +181,9 @@ class Trainer:
         return ModelDescription(
             method=config.method,
             backbone=config.backbone,
-            cifar_stem=config.cifar_stem,
+            backbone_options=method_settings(config, self.job.num_samples).backbone_options(),
             feature_dim=self.method.backbone.feature_dim,
-            projector=list(config.projector_dims()),
-            projector_kwargs=self.method.projector_kwargs,
+            head=None if (head := self.method.head_spec) is None else vars(head),
             input_size=recipe.size,
             mean=recipe.mean,
             std=recipe.std,
@@ -177,34 +195,27 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        timed = TimedLoader(self.loader)
+        clock = DataWaitClock(self.device)
         first = True
         while self.state.step < self.total_steps:
             # A loader restored mid-epoch yields the rest of that epoch; a fresh one a full one.
-            for item in timed:
+            for views, batch in TimedLoader(self.loader, self.device, clock):
                 try:
                     # The first step checks what the loop then takes for granted (equal batch
-                    # sizes on every rank, finite inputs), at the cost of host syncs.
+                    # sizes on every rank, finite inputs), at the cost of host syncs; a failed
+                    # check raises on every rank at once (checks.StrictCheckError).
                     with strict_checks() if first else contextlib.nullcontext():
-                        output = self._step(item)
-                except FloatingPointError as error:
-                    if first:
-                        raise
-                    # Raised by an objective on the gathered batch (W-MSE's whitening): the
-                    # same on every rank.
+                        output = self._step(views, batch)
+                except StrictCheckError as error:
                     self._guard_stop(f"step {self.state.step + 1}: {error}")
                     return
                 first = False
-                if self._is_sync_point():
-                    if not self._sync(output, timed.take_waited()):
-                        return
-                    timed.take_waited()  # checkpoint time is not data wait
-            timed = TimedLoader(self.loader)
+                if self._is_sync_point() and not self._sync(output, clock):
+                    return
         self._finish()
 
-    def _step(self, item: Any) -> MethodOutput:
-        views, batch = prepare_batch(item, self.device)
-        step = self.state.step + 1
+    def _step(self, views: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        progress = StepProgress.at(self.state.step, self.steps_per_epoch, self.total_steps)
         output = train_step(
             self.model,
             self.method,
@@ -213,12 +224,14 @@ class Trainer:
             self.optimizer,
             self.scheduler,
             self.config,
-            step,
-            self.total_steps,
+            progress,
         )
-        self.state.step = step
+        step = self.state.step = progress.step + 1
         if self.sample_log is not None:
-            _log_samples(self.sample_log, step, (step - 1) // self.steps_per_epoch, batch)
+            epoch = (step - 1) // self.steps_per_epoch
+            _log_samples(self.sample_log, step, epoch, self.world, batch)
+        if self.job.step_pause_s:
+            time.sleep(self.job.step_pause_s)
         self.window.add(output, step)
         self.monitor.observe(output, batch.labels)
         return output
@@ -241,19 +254,21 @@ class Trainer:
         )
         return (epoch_end and every_epochs) or periodic
 
-    def _sync(self, output: MethodOutput, waited: float) -> bool:
+    def _sync(self, output: MethodOutput, clock: DataWaitClock) -> bool:
         """The sync point: record, decide for every rank, checkpoint. False = stop now."""
         step = self.state.step
         stats = self.monitor.statistics(output, step)
         stop_requested = self.rank == 0 and ray.get(self.job.control.stop_requested.remote())
         assert self.window.first_bad is not None
-        # An all-reduce (MAX) decides for every rank: −(first bad step), the stop request and
-        # the largest normalised std (collapse only if every rank's embeddings collapsed).
+        # An all-reduce (MAX) decides for every rank: −(first bad step), the stop request, the
+        # largest normalised std (collapse only if every rank's embeddings collapsed) and
+        # whether rank 0's clock says a timed checkpoint is due.
         decision = torch.stack(
             [
                 -self.window.first_bad,
                 torch.tensor(float(stop_requested), device=self.device),
-                stats["normalised_std"].float(),
+                self.monitor.spread(stats, self.device),
+                torch.tensor(float(self.rank == 0 and self._checkpoint_due()), device=self.device),
             ]
         )
         names = list(self.window.sums)
@@ -264,11 +279,12 @@ class Trainer:
             dist.all_reduce(means)
             means /= self.world
         values = torch.cat(
-            [decision, means, torch.stack([v.float() for v in stats.values()])]
+            [decision, means, *[v.float().reshape(1) for v in stats.values()]]
         ).tolist()  # the one host synchronisation
-        neg_first_bad, stop, spread = values[:3]
+        neg_first_bad, stop, spread, timed = values[:4]
         window_seconds = time.perf_counter() - self.window.started
-        losses = dict(zip(names, values[3 : 3 + len(names)], strict=True))
+        waited = clock.take()
+        losses = dict(zip(names, values[4 : 4 + len(names)], strict=True))
         record = {
             "step": step,
             "epoch": (step - 1) // self.steps_per_epoch,
@@ -277,7 +293,7 @@ class Trainer:
             "images_per_s": self.window.steps * self.config.global_batch_size / window_seconds,
             "images_per_s_per_worker": self.window.steps * self.local_batch / window_seconds,
             "data_wait_share": waited / window_seconds,
-            **dict(zip(stats, values[3 + len(names) :], strict=True)),
+            **dict(zip(stats, values[4 + len(names) :], strict=True)),
         }
         self.window.reset()
         if math.isfinite(-neg_first_bad):
@@ -298,9 +314,31 @@ class Trainer:
             if self.rank == 0:
                 print(f"[pretrain] stopped at step {step} (checkpoint saved)", flush=True)
             return False
-        if self._is_checkpoint_step() and step < self.total_steps:
+        # Every rank asks at every sync point (Ray Train agrees on one answer across ranks).
+        if ray.train.get_preemption_info() is not None:
+            self._checkpoint_before_preemption()
+        if (self._is_checkpoint_step() or timed) and step < self.total_steps:
             self._checkpoint()
         return True
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.config.checkpoint_every_minutes
+        return minutes is not None and time.monotonic() - self.last_checkpoint >= 60 * minutes
+
+    def _checkpoint_before_preemption(self) -> None:
+        """A node of the group is being drained: checkpoint now (uploaded before this returns)
+        and train no further, so that no step is lost or trained twice; Ray Train restarts
+        the group from this checkpoint when the node has gone or its deadline has passed,
+        without the drained node (``FailureConfig.max_preemption_failures``: unlimited)."""
+        self._checkpoint(upload_now=True)
+        if self.rank == 0:
+            print(
+                f"[pretrain] a node is being drained: checkpoint at step {self.state.step}, "
+                "waiting for the group to restart without it",
+                flush=True,
+            )
+        while True:  # ended by Ray Train tearing the group down
+            time.sleep(1.0)
 
     def _metrics(self) -> dict[str, Any]:
         last = self.state.history[-1] if self.state.history else {}
@@ -310,9 +348,17 @@ class Trainer:
             **{k: last[k] for k in ("loss", "images_per_s", "data_wait_share") if k in last},
         }
 
-    def _checkpoint(self, *, final: bool = False) -> None:
-        report(self.state, self.loader.state_dict(), self._metrics(), rank=self.rank, final=final)
+    def _checkpoint(self, *, final: bool = False, upload_now: bool = False) -> None:
+        report(
+            self.state,
+            self.loader.state_dict(),
+            self._metrics(),
+            rank=self.rank,
+            final=final,
+            upload_now=upload_now,
+        )
         self.window.started = time.perf_counter()
+        self.last_checkpoint = time.monotonic()
 
     def _guard_stop(self, reason: str) -> bool:
         """Every rank returns at the same step without a checkpoint: the run ends (Ray Train
@@ -328,10 +374,19 @@ class Trainer:
         self._checkpoint(final=True)
 
 
-def _log_samples(log: Path, step: int, epoch: int, batch: Batch) -> None:
-    """Append the split indices this rank trained on at ``step`` (``PretrainJob.sample_log``)."""
+def _log_samples(log: Path, step: int, epoch: int, world: int, batch: Batch) -> None:
+    """Append the split indices this rank of ``world`` trained on at ``step``
+    (``PretrainJob.sample_log``), with the process and the time: a group that restarts from
+    a checkpoint trains some steps again, in new processes, and the latest group's counts."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    record = {"step": step, "epoch": epoch, "indices": batch.indices.tolist()}
+    record = {
+        "step": step,
+        "epoch": epoch,
+        "world": world,
+        "pid": os.getpid(),
+        "time": time.time(),
+        "indices": batch.indices.tolist(),
+    }
     with log.open("a") as out:
         out.write(json.dumps(record) + "\n")
 
