@@ -21,7 +21,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from sslpipe.pipelines.spec import load_spec
+from sslpipe.pipelines.spec.pipeline import load_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
 # solo-learn, ResNet-18, 1000 epochs, linear probe top-1 (its README's CIFAR-10 table).

@@ -5,7 +5,7 @@
 
 ``extraction`` builds shards of ImageNet-size JPEGs (``imagenet_like``, needs the ``bench``
 extra) and measures, in one run, alternating sides, each after the same 3 warm-up batches:
-  * ``new``: the probe's path, ``probe_features.measure_extraction`` (DALI → backbone →
+  * ``new``: the probe's path, ``probe.features.measure_extraction`` (DALI → backbone →
     float16 rows written to a file; bf16/channels_last/pinned copies on a GPU);
   * ``old``: the path it replaced: DALI → backbone → float32 features kept in a list;
   * ``torch``: the usual PyTorch extraction loop: webdataset + torchvision v2 + PIL in a
@@ -40,7 +40,8 @@ from sslpipe.datasets.ingest import ingest, split_shards
 from sslpipe.datasets.loaders import LoaderConfig, build_loader
 from sslpipe.datasets.recipes import get_recipe
 from sslpipe.datasets.sources import ImageFolderSource
-from sslpipe.pipelines.probe_features import (
+from sslpipe.pipelines.probe.classifiers import Features, knn_probe, linear_probe
+from sslpipe.pipelines.probe.features import (
     FEATURE_DTYPE,
     FeatureFile,
     RowWriter,
@@ -48,7 +49,6 @@ from sslpipe.pipelines.probe_features import (
     images_per_second,
     measure_extraction,
 )
-from sslpipe.pipelines.probes import Features, knn_probe, linear_probe
 from sslpipe.ssl_ops import build_backbone
 
 WARMUP_BATCHES = 3

@@ -33,7 +33,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 WAYS = {
     "sslpipe validate": (
-        "from sslpipe.pipelines.cli import main\n"
+        "from sslpipe.pipelines.cli.main import main\n"
         "import contextlib, io\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['validate', {spec!r}]) == 0"

@@ -86,7 +86,7 @@ FULL_DEADLINE_S, PREFLIGHT_DEADLINE_S = 480.0, 60.0
 RUNTIME_MODULES = (
     "torch", "torchvision", "timm", "numpy", "PIL", "yaml", "pydantic", "safetensors",
     "webdataset", "nvidia.dali", "nvidia.dali.plugin.pytorch", "nvidia.nvimgcodec", "ray",
-    "ray.train.torch", "sslpipe.pipelines.cli", "sslpipe.datasets.dali_views",
+    "ray.train.torch", "sslpipe.pipelines.cli.main", "sslpipe.datasets.dali_views",
 )  # fmt: skip
 
 
@@ -685,7 +685,7 @@ def part_methods(ctx: Context) -> dict[str, Any]:
 
 def part_probe(ctx: Context) -> dict[str, Any]:
     from sslpipe.datasets.recipes import get_recipe
-    from sslpipe.pipelines.probe_features import measure_extraction
+    from sslpipe.pipelines.probe.features import measure_extraction
     from sslpipe.ssl_ops import build_backbone
 
     recipe = get_recipe("eval_cifar" if ctx.sizes.smoke else "eval")[0]

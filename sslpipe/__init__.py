@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from sslpipe.pipelines.errors import SpecError, UsageError, UserError
-    from sslpipe.pipelines.runner import StageResult
-    from sslpipe.pipelines.spec import PipelineSpec
+    from sslpipe.pipelines.run.runner import StageResult
+    from sslpipe.pipelines.spec.pipeline import PipelineSpec
 
 __all__ = [
     "SpecError",
@@ -74,7 +74,7 @@ def _overrides(values: Overrides) -> list[str]:
 
 def validate(spec: Spec, *, set: Overrides = None, force: Sequence[str] = ()) -> PipelineSpec:
     """The validated spec (``sslpipe validate``); raises ``SpecError`` with every problem."""
-    from sslpipe.pipelines.spec import load_spec
+    from sslpipe.pipelines.spec.pipeline import load_spec
 
     return load_spec(spec if isinstance(spec, Mapping) else Path(spec), _overrides(set), force)
 
@@ -83,7 +83,7 @@ def plan(spec: Spec, *, set: Overrides = None, force: Sequence[str] = ()) -> lis
     """What ``run`` would do (``sslpipe plan``): per stage, ``.reason`` it would run, or None.
 
     Checks the data and the cluster as ``run`` does; writes nothing."""
-    from sslpipe.pipelines.runner import plan_pipeline
+    from sslpipe.pipelines.run.runner import plan_pipeline
 
     return plan_pipeline(validate(spec, set=set, force=force), tuple(force))
 
@@ -97,7 +97,7 @@ def run(
 ) -> list[StageResult]:
     """Run what is not up to date (``sslpipe run``); per stage, whether it ``.ran`` now, its
     ``.state`` (status, seconds, metrics) and ``.outputs``."""
-    from sslpipe.pipelines.runner import run_pipeline
+    from sslpipe.pipelines.run.runner import run_pipeline
 
     pipeline = validate(spec, set=set, force=force)
     return run_pipeline(pipeline, force=tuple(force), if_changed=if_changed)
@@ -118,7 +118,7 @@ def ingest(
     ``source``: an image folder, a ``.tar`` (also of per-class tars), a ``.csv``/``.jsonl``
     file list, or ``"synthetic:N"``; ``shard_size``: samples, or bytes like ``"512MB"``.
     """
-    from sslpipe.pipelines.cli_datasets import ingest_images
+    from sslpipe.pipelines.cli.datasets import ingest_images
 
     return ingest_images(
         str(source),
@@ -135,6 +135,6 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A trained backbone (torch module, eval mode) and its model card, from a model registry
     (its ``latest``), a registry version, an export or pretrain stage folder, or a workdir
     with one such stage."""
-    from sslpipe.pipelines.models import load_published_backbone
+    from sslpipe.pipelines.models.published import load_published_backbone
 
     return load_published_backbone(Path(path))

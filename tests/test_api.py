@@ -80,7 +80,7 @@ def test_ingest_from_python(tmp_path: Path) -> None:
 def test_validate_imports_nothing_heavy() -> None:
     """``sslpipe validate`` as a pre-commit hook or CI check: no torch, Ray, DALI, onnx."""
     examples = sorted(str(p) for p in (REPO / "pipelines" / "examples").glob("*.yaml"))
-    code = "from sslpipe.pipelines.cli import main\n" + "\n".join(
+    code = "from sslpipe.pipelines.cli.main import main\n" + "\n".join(
         f"assert main(['validate', {path!r}]) == 0" for path in examples
     )
     assert heavy_modules_after(f"import os\nos.chdir({str(REPO)!r})\n{code}") == []

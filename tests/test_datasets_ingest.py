@@ -26,7 +26,7 @@ from sslpipe.datasets.sources import (
     SyntheticShapesSource,
     TarSource,
 )
-from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.cli.main import main
 
 CLASSES = ("cat", "dog", "émeu")
 

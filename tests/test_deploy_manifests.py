@@ -22,8 +22,8 @@ import pytest
 import ray
 import yaml
 
-from sslpipe.pipelines.cli import build_parser
-from sslpipe.pipelines.spec import load_spec
+from sslpipe.pipelines.cli.main import build_parser
+from sslpipe.pipelines.spec.pipeline import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -36,7 +36,7 @@ from sslpipe.datasets.ingest import ingest, split_shards
 from sslpipe.datasets.loaders import EpochPlan, LoaderConfig, build_loader, resume_state
 from sslpipe.datasets.recipes import ViewRecipe
 from sslpipe.datasets.sources import SyntheticShapesSource
-from sslpipe.pipelines.spec import PipelineSpec
+from sslpipe.pipelines.spec.pipeline import PipelineSpec
 from sslpipe.pipelines.stages.pretrain import PretrainConfig
 from sslpipe.pipelines.training.step import (
     build_scheduler,

@@ -13,9 +13,9 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from sslpipe.pipelines.exporter import run
-from sslpipe.pipelines.model_io import ModelDescription
-from sslpipe.pipelines.outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS
+from sslpipe.pipelines.models.export import run
+from sslpipe.pipelines.models.weights import ModelDescription
+from sslpipe.pipelines.run.outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS
 from sslpipe.pipelines.stages.base import StageContext
 from sslpipe.pipelines.stages.export import ExportConfig
 from sslpipe.ssl_ops import build_backbone, mlp

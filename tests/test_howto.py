@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from sslpipe.datasets.sources import SyntheticShapesSource
-from sslpipe.pipelines.cli import build_parser, main
-from sslpipe.pipelines.preflight import data_problems
-from sslpipe.pipelines.spec import load_spec
+from sslpipe.pipelines.cli.main import build_parser, main
+from sslpipe.pipelines.run.preflight import data_problems
+from sslpipe.pipelines.spec.pipeline import load_spec
 from sslpipe.pipelines.stages import STAGE_TYPES, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]

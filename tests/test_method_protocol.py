@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslpipe.pipelines.model_io import ModelDescription, load_encoder
-from sslpipe.pipelines.outputs import ENCODER_WEIGHTS
+from sslpipe.pipelines.models.weights import ModelDescription, load_encoder
+from sslpipe.pipelines.run.outputs import ENCODER_WEIGHTS
 from sslpipe.pipelines.stages.pretrain import PretrainConfig
 from sslpipe.pipelines.training.step import (
     build_scheduler,

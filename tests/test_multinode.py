@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 from ray_clusters import local_cluster
 
-from sslpipe.pipelines.spec import PipelineSpec
+from sslpipe.pipelines.spec.pipeline import PipelineSpec
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_CPUS = 2  # one pretrain worker: dali_threads 1 + 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sslpipe.datasets.sources import SyntheticShapesSource
-from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.cli.main import main
 
 
 def _sslpipe(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -200,7 +200,7 @@ def test_version_and_damaged_state(tmp_path: Path, capsys) -> None:
 
 def test_quiet_output_passes_our_lines_only(capsys) -> None:
     """What Ray hands the driver from its workers (a batch of lines, as Ray 2.6x sends it)."""
-    from sslpipe.pipelines.ray_runtime import _print_our_lines
+    from sslpipe.pipelines.run.ray_runtime import _print_our_lines
 
     _print_our_lines(
         {
@@ -225,7 +225,7 @@ def test_quiet_output_passes_our_lines_only(capsys) -> None:
 def test_every_command_and_argument_has_help() -> None:
     import argparse
 
-    from sslpipe.pipelines.cli import build_parser
+    from sslpipe.pipelines.cli.main import build_parser
 
     missing = []
 

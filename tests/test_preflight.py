@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sslpipe.pipelines.cli import main
-from sslpipe.pipelines.preflight import cpus_to_start_with, resource_problems
-from sslpipe.pipelines.ray_runtime import Capacity
-from sslpipe.pipelines.spec import load_spec
+from sslpipe.pipelines.cli.main import main
+from sslpipe.pipelines.run.preflight import cpus_to_start_with, resource_problems
+from sslpipe.pipelines.run.ray_runtime import Capacity
+from sslpipe.pipelines.spec.pipeline import load_spec
 from sslpipe.pipelines.stages.base import ResourceRequest, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_plan_tells_the_truth_about_the_workdir(tmp_path: Path, capsys, monkeypa
 
 _NO_RAY = """
 import sys
-from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.cli.main import main
 print(main(["plan", "tests/specs/tiny.yaml", "--set", "pretrain.use_gpu=true"]))
 print(main(["plan", "tests/specs/tiny.yaml"]))
 print("ray imported:", "ray" in sys.modules)

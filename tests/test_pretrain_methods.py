@@ -225,7 +225,7 @@ def test_monitor_statistics_spread_and_rankme() -> None:
 def test_method_state_survives_a_checkpoint_exactly(method: str, tmp_path) -> None:
     """Target network (BYOL) and memory bank (PIRL) go through ``TrainState`` save/load: the
     resumed method continues exactly as the original does."""
-    from sslpipe.pipelines.model_io import ModelDescription
+    from sslpipe.pipelines.models.weights import ModelDescription
     from sslpipe.pipelines.training.checkpoint import TrainState
 
     config = _method_config(method)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from sslpipe.pipelines.runner import run_pipeline
-from sslpipe.pipelines.spec import PipelineSpec
+from sslpipe.pipelines.run.runner import run_pipeline
+from sslpipe.pipelines.spec.pipeline import PipelineSpec
 from sslpipe.ssl_ops import MemoryBank
 
 pytestmark = pytest.mark.slow

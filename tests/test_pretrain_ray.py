@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sslpipe.pipelines.errors import UserError
-from sslpipe.pipelines.runner import run_pipeline
-from sslpipe.pipelines.spec import PipelineSpec
+from sslpipe.pipelines.run.runner import run_pipeline
+from sslpipe.pipelines.spec.pipeline import PipelineSpec
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from sslpipe.datasets.shards import DALI_INDEX_VERSION, index_path
-from sslpipe.pipelines.probe_features import (
+from sslpipe.pipelines.probe.classifiers import (
+    Accuracy,
+    Features,
+    feature_stats,
+    knn_probe,
+    linear_probe,
+)
+from sslpipe.pipelines.probe.features import (
     ExtractionInputError,
     FeatureFile,
     RowWriter,
@@ -21,7 +28,6 @@ from sslpipe.pipelines.probe_features import (
     shares,
     write_run,
 )
-from sslpipe.pipelines.probes import Accuracy, Features, feature_stats, knn_probe, linear_probe
 
 CPU = torch.device("cpu")
 

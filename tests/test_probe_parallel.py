@@ -17,7 +17,7 @@ from sslpipe.datasets.ingest import ingest, split_shards
 from sslpipe.datasets.recipes import get_recipe
 from sslpipe.datasets.sources import SyntheticShapesSource
 from sslpipe.pipelines.errors import UserError
-from sslpipe.pipelines.probe_features import (
+from sslpipe.pipelines.probe.features import (
     LABELS,
     ExtractionInputError,
     ExtractSettings,
@@ -25,7 +25,7 @@ from sslpipe.pipelines.probe_features import (
     feature_path,
     task_resources,
 )
-from sslpipe.pipelines.probe_run import evaluate
+from sslpipe.pipelines.probe.run import evaluate
 from sslpipe.pipelines.stages.probe import ProbeConfig
 from sslpipe.ssl_ops import build_backbone
 

@@ -14,7 +14,7 @@ import onnxruntime
 import pytest
 import torch
 
-from sslpipe.pipelines.model_io import load_backbone
+from sslpipe.pipelines.models.weights import load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_ray_and_dali_leave_no_processes_behind(quickstart) -> None:
 
 
 def _stage_files(workdir: Path) -> dict[Path, int]:
-    """Every file the stages wrote (not the run's own record, ``run_store.RUN_FILE``)."""
+    """Every file the stages wrote (not the run's own record, ``run.store.RUN_FILE``)."""
     return {
         p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.parent != workdir
     }

@@ -10,10 +10,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sslpipe.pipelines.cli import main
-from sslpipe.pipelines.compose import EXTENDS_KEY
-from sslpipe.pipelines.reference import json_schema, markdown
-from sslpipe.pipelines.yaml_source import load_yaml
+from sslpipe.pipelines.cli.main import main
+from sslpipe.pipelines.spec.compose import EXTENDS_KEY
+from sslpipe.pipelines.spec.reference import json_schema, markdown
+from sslpipe.pipelines.spec.yaml_source import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from sslpipe.pipelines.registry import ModelRegistry
-from sslpipe.pipelines.run_store import RunStore
-from sslpipe.pipelines.runner import run_pipeline
-from sslpipe.pipelines.spec import PipelineSpec
+from sslpipe.pipelines.models.registry import ModelRegistry
+from sslpipe.pipelines.run.runner import run_pipeline
+from sslpipe.pipelines.run.store import RunStore
+from sslpipe.pipelines.spec.pipeline import PipelineSpec
 
 
 def _spec(workdir: Path, num_images: int) -> PipelineSpec:
@@ -60,7 +60,7 @@ def test_skip_rerun_on_change_and_force(tmp_path: Path, capsys) -> None:
 def test_plan_and_status_commands(tmp_path: Path, capsys) -> None:
     import yaml
 
-    from sslpipe.pipelines.cli import main
+    from sslpipe.pipelines.cli.main import main
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(_spec(tmp_path / "runs", 20).model_dump(mode="json")))
@@ -191,7 +191,7 @@ def _record(workdir: Path, name: str, status: str, started: str, **upstream: str
 def test_status_and_report_show_latest_attempts_in_pipeline_order(tmp_path: Path, capsys) -> None:
     """After a failed rerun of pretrain, the probe and export it fed are stale, and pretrain
     is listed where it stands in the pipeline, not where it started."""
-    from sslpipe.pipelines.cli import main
+    from sslpipe.pipelines.cli.main import main
 
     _record(tmp_path, "ingest", "succeeded", "2026-01-01T00:00:00")
     _record(tmp_path, "probe", "succeeded", "2026-01-01T00:02:00", model="pretrain", data="ingest")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.cli.main import main
 from sslpipe.pipelines.errors import SpecError
-from sslpipe.pipelines.preflight import data_problems
-from sslpipe.pipelines.spec import execution_order, load_spec
+from sslpipe.pipelines.run.preflight import data_problems
+from sslpipe.pipelines.spec.pipeline import execution_order, load_spec
 from sslpipe.pipelines.stages.ingest import shard_caps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ray_clusters import RayHead, free_ports, start_head
 
-from sslpipe.pipelines.cli import main
+from sslpipe.pipelines.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "pipelines/examples/quickstart.yaml"

@@ -5,8 +5,8 @@ functions are named by import path and loaded only when a stage runs. Installed 
 stage types through the ``sslpipe.stages`` entry point group.
 """
 
-from .. import outputs
 from ..plugins import add_plugins
+from ..run import outputs
 from . import export, ingest, pretrain, probe
 from .base import StageConfig, StageContext, StageType
 
@@ -18,11 +18,11 @@ STAGE_TYPES: dict[str, StageType] = {
         outputs=(outputs.BACKBONE_WEIGHTS,),
     ),
     "probe": StageType(
-        probe.ProbeConfig, "sslpipe.pipelines.probe_run:run_probe", outputs=(outputs.METRICS,)
+        probe.ProbeConfig, "sslpipe.pipelines.probe.run:run_probe", outputs=(outputs.METRICS,)
     ),
     "export": StageType(
         export.ExportConfig,
-        "sslpipe.pipelines.exporter:run",
+        "sslpipe.pipelines.models.export:run",
         outputs=(outputs.ONNX_MODEL, outputs.TORCH_PROGRAM, outputs.MODEL_CARD),
     ),
 }

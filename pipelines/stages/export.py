@@ -2,7 +2,7 @@
 
 The ONNX file is run with onnxruntime and compared with torch before anything is published;
 a mismatch fails the stage and leaves no files behind. This module is the stage's config;
-running it is ``pipelines/exporter.py``.
+running it is ``pipelines/models/export.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import did_you_mean
-from ..registry import ModelRegistry
+from ..models.registry import ModelRegistry
 from .base import MachineProblem, SpecMistake, StageConfig, folder_problem
 from .probe import ProbeConfig
 
@@ -24,7 +24,7 @@ class PromoteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    registry: str = Field(description="registry folder (see pipelines/registry.py)")
+    registry: str = Field(description="registry folder (see pipelines/models/registry.py)")
     metric: str = Field(
         "probe.top1",
         pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_@]+$",

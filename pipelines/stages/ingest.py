@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sslpipe.datasets.recipes import MAX_SIDE
 from sslpipe.datasets.shards import IMAGE_EXTS
 
-from ..compose import RELATIVE_PATHS
 from ..errors import SPEC_EXIT, UserError
-from ..outputs import REJECTED
+from ..run.outputs import REJECTED
+from ..spec.compose import RELATIVE_PATHS
 from .base import MAX_WORKERS, MachineProblem, StageConfig, StageContext
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from sslpipe.ssl_ops.catalog import (
 )
 
 from ..errors import did_you_mean
+from ..models.registry import ModelRegistry
 from ..plugins import add_plugins, plugin_names
-from ..registry import ModelRegistry
 from .base import (
     MAX_BATCH,
     MAX_EPOCHS,

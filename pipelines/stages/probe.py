@@ -1,12 +1,13 @@
 """Probe stage: frozen-backbone evaluation — a linear classifier and a weighted kNN.
 
 Only the config model lives here, so that validating a spec imports no torch, Ray or DALI;
-``run`` calls ``pipelines/probe_run.py``. Features of the labelled train and evaluation
+``run`` calls ``pipelines/probe/run.py``. Features of the labelled train and evaluation
 splits are extracted once with the deterministic ``eval`` view by ``num_workers`` Ray tasks
-into float16 files (``pipelines/probe_features.py``); the probes (``pipelines/probes.py``)
-read them back in chunks. The evaluation split is the ingest stage's ``val`` split, or the
-whole of a separately ingested labelled set named by ``test``. With ``random_init_baseline``
-the same probes run on a randomly initialised backbone of the same architecture.
+into float16 files (``pipelines/probe/features.py``); the probes
+(``pipelines/probe/classifiers.py``) read them back in chunks. The evaluation split is the ingest
+stage's ``val`` split, or the whole of a separately ingested labelled set named by ``test``. With
+``random_init_baseline`` the same probes run on a randomly initialised backbone of the same
+architecture.
 
 ``metrics.json`` holds ``top1`` (the linear probe's, the headline figure), ``top1_random_init``,
 per probe kind its top-1/top-5 and per-class accuracy, and the extraction's throughput.

@@ -25,8 +25,8 @@ from ray.train import CheckpointUploadMode
 from sslpipe.ssl_ops import SSLMethod
 from sslpipe.ssl_ops.optim import HyperparameterScheduler
 
-from ..model_io import ModelDescription
-from ..outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS, HISTORY
+from ..models.weights import ModelDescription
+from ..run.outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS, HISTORY
 
 STATE = "state.pt"
 

@@ -33,10 +33,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sslpipe.datasets.ingest import read_manifest, split_shards
 
 from ..errors import UserError
-from ..interrupt import stop_hook, stop_requested
-from ..outputs import PRETRAIN_FILES, SAFETENSORS_WEIGHTS
-from ..ray_runtime import ensure_ray
-from ..registry import ModelRegistry
+from ..models.registry import ModelRegistry
+from ..run.interrupt import stop_hook, stop_requested
+from ..run.outputs import PRETRAIN_FILES, SAFETENSORS_WEIGHTS
+from ..run.ray_runtime import ensure_ray
 from ..stages.base import StageContext
 from ..stages.pretrain import PretrainConfig, group_sizes
 from .elastic import ElasticTorchTrainer
@@ -107,7 +107,7 @@ def run(config: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
 def _fit_off_the_main_thread(trainer: TorchTrainer) -> Result:
     """``trainer.fit()`` in a thread while the main thread waits: called on the main thread,
     Ray Train replaces the SIGINT handler with its own abort (no checkpoint, exit 1), so that
-    Ctrl-C would not stop at a checkpoint as SIGTERM does (``interrupt.py``)."""
+    Ctrl-C would not stop at a checkpoint as SIGTERM does (``run/interrupt.py``)."""
     outcome: Future[Result] = Future()
 
     def fit() -> None:

@@ -48,7 +48,7 @@ from sslpipe.ssl_ops import Batch, MethodOutput
 from sslpipe.ssl_ops import Progress as StepProgress  # datasets.progress has a Progress bar
 from sslpipe.ssl_ops.checks import StrictCheckError, strict_checks
 
-from ..model_io import ModelDescription
+from ..models.weights import ModelDescription
 from ..stages.base import WORKER_COMPUTE_THREADS
 from .batches import DataWaitClock, ReplayLoader, TimedLoader
 from .checkpoint import TrainState, report

@@ -1,9 +1,9 @@
 """What the probe stage does when it runs (its config: ``stages/probe.py``).
 
-The driver reads the splits and the backbone, has the Ray tasks of ``probe_features`` write
-every split's features into ``<out_dir>/features``, then runs the probes of ``probes`` in
+The driver reads the splits and the backbone, has the Ray tasks of ``features`` write
+every split's features into ``<out_dir>/features``, then runs the probes of ``classifiers`` in
 one Ray task per backbone (on a GPU with ``use_gpu``), and deletes the features. The driver
-never holds features; a probe task holds ``probes.CHUNK_ROWS`` rows at a time.
+never holds features; a probe task holds ``classifiers.CHUNK_ROWS`` rows at a time.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from torch import nn
 from sslpipe.datasets.ingest import read_manifest, split_shards
 from sslpipe.datasets.recipes import ViewRecipe, apply_overrides, get_recipe
 
-from .errors import UserError
-from .model_io import ModelDescription, load_backbone
-from .outputs import CONFUSION, METRICS
-from .probe_features import (
+from ..errors import UserError
+from ..models.weights import ModelDescription, load_backbone
+from ..run.outputs import CONFUSION, METRICS
+from ..run.ray_runtime import ensure_ray
+from ..stages.base import WORKER_COMPUTE_THREADS, StageContext
+from .classifiers import Features, knn_probe, linear_probe
+from .features import (
     LABELS,
     ExtractionInputError,
     ExtractSettings,
@@ -35,12 +38,9 @@ from .probe_features import (
     feature_path,
     task_resources,
 )
-from .probes import Features, knn_probe, linear_probe
-from .ray_runtime import ensure_ray
-from .stages.base import WORKER_COMPUTE_THREADS, StageContext
 
 if TYPE_CHECKING:
-    from .stages.probe import ProbeConfig
+    from ..stages.probe import ProbeConfig
 
 FEATURES_DIR = "features"
 SPLITS = ("train", "test")

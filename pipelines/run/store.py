@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, UserError
+from ..errors import UsageError, UserError
 
 STATE_FILE = "state.json"
 CHECKS_FILE = "checks.jsonl"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_args import add_output_options, add_spec_arguments
+from .args import add_output_options, add_spec_arguments
 
 _ADDRESS_HELP = (
     "the cluster's dashboard, e.g. http://HEAD:8265 "

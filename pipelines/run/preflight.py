@@ -24,11 +24,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ENVIRONMENT_EXIT, SPEC_EXIT, Problem, SpecError
+from ..errors import ENVIRONMENT_EXIT, SPEC_EXIT, Problem, SpecError
+from ..spec.pipeline import PipelineSpec
+from ..stages.base import ResourceRequest, StageConfig, folder_problem
 from .ray_runtime import Capacity
-from .run_store import RunStore
-from .spec import PipelineSpec
-from .stages.base import ResourceRequest, StageConfig, folder_problem
+from .store import RunStore
 
 
 def workdir_problems(spec: PipelineSpec, *, create: bool) -> list[Problem]:

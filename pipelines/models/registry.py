@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .run_store import STATE_FILE, now, umask_permissions
+from ..errors import UsageError
+from ..run.store import STATE_FILE, now, umask_permissions
 
 LATEST = "latest"
 HISTORY = "history.jsonl"

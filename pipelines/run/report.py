@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from ..errors import UserError
 from .outputs import CONFUSION, HISTORY, MANIFEST, METRICS, REJECTED
-from .run_store import RunStore
+from .store import RunStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

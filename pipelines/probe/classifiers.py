@@ -2,7 +2,7 @@
 
 Pure torch: nothing here knows about shards, Ray or files. Features come as ``Rows``, any
 N×D array that a slice or an index tensor turns into CPU tensor rows: a ``torch.Tensor``, or
-a memory-mapped feature file (``probe_features.FeatureFile``). Every pass reads
+a memory-mapped feature file (``features.FeatureFile``). Every pass reads
 ``chunk_rows`` rows at a time, so memory does not grow with the number of samples beyond
 the labels (8 bytes each) and the linear probe's permutation (8 bytes each).
 

@@ -18,7 +18,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, UserError, one_line
+from ..errors import UsageError, UserError, one_line
+from ..spec.pipeline import PipelineSpec, execution_order
+from ..stages import STAGE_TYPES, StageConfig, StageContext
 from .interrupt import handle_stop_signals
 from .preflight import (
     cpus_to_start_with,
@@ -29,9 +31,7 @@ from .preflight import (
     workdir_problems,
 )
 from .ray_runtime import Capacity, cluster_capacity, shutdown_ray
-from .run_store import STATE_FILE, RunStore, now
-from .spec import PipelineSpec, execution_order
-from .stages import STAGE_TYPES, StageConfig, StageContext
+from .store import STATE_FILE, RunStore, now
 
 
 @dataclass(frozen=True)

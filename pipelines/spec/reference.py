@@ -17,11 +17,11 @@ import annotated_types
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
+from ..errors import UsageError, did_you_mean
+from ..stages import STAGE_TYPES
+from ..stages.pretrain import METHODS, MethodCard
 from .compose import EXTENDS_KEY, RELATIVE_PATHS
-from .errors import UsageError, did_you_mean
-from .spec import PipelineSpec, _tag_of, _union_members, describe
-from .stages import STAGE_TYPES
-from .stages.pretrain import METHODS, MethodCard
+from .pipeline import PipelineSpec, _tag_of, _union_members, describe
 
 SCHEMA_ID = "https://sslpipe.invalid/spec.schema.json"
 TOP_LEVEL = "spec"  # the top level's section name in docs/settings.md, and in explain

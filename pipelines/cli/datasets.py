@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, UserError
+from ..errors import UsageError, UserError
 
 
 def source_from_arg(spec: str, *, labelled: bool = True):

@@ -5,7 +5,7 @@ does the work; ``COMMANDS`` lists them. The handlers call the Python API (``impo
 sslpipe``), so both take the same paths. ``main`` is the one place errors are printed: one
 line each (every problem of a spec), exit 2 when the spec or the arguments must change, 1 when
 the machine must; a traceback only with ``--debug``. Ctrl-C and SIGTERM alike: one line saying
-where the command stopped, exit 130 (``interrupt.py``).
+where the command stopped, exit 130 (``run/interrupt.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import sslpipe
 
-from .cli_args import add_output_options, add_spec_arguments
-from .cli_datasets import register_bench_loader, register_ingest
-from .cli_deploy import register_job, register_submit
-from .errors import ENVIRONMENT_EXIT, SpecError, UsageError, UserError, one_line
-from .interrupt import handle_stop_signals, stop_requested
+from ..errors import ENVIRONMENT_EXIT, SpecError, UsageError, UserError, one_line
+from ..run.interrupt import handle_stop_signals, stop_requested
+from .args import add_output_options, add_spec_arguments
+from .datasets import register_bench_loader, register_ingest
+from .deploy import register_job, register_submit
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 # What an interrupted command leaves, where it is certain.
@@ -45,25 +45,25 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from .runner import print_plan
+    from ..run.runner import print_plan
 
     print_plan(sslpipe.plan(args.spec, set=args.overrides, force=args.force))
 
 
 def _status(args: argparse.Namespace) -> None:
-    from .runner import print_status
+    from ..run.runner import print_status
 
     print_status(Path(args.workdir))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import write_report
+    from ..run.report import write_report
 
     print(write_report(Path(args.workdir)))
 
 
 def _registry(args: argparse.Namespace) -> None:
-    from .registry import ModelRegistry
+    from ..models.registry import ModelRegistry
 
     registry = ModelRegistry(args.registry)
     registry.check()
@@ -83,7 +83,7 @@ def _registry(args: argparse.Namespace) -> None:
 def _schema(args: argparse.Namespace) -> None:
     import json
 
-    from .reference import json_schema, markdown
+    from ..spec.reference import json_schema, markdown
 
     text = markdown() if args.markdown else json.dumps(json_schema(), indent=2) + "\n"
     if args.out is None:
@@ -94,13 +94,13 @@ def _schema(args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> None:
-    from .reference import explain
+    from ..spec.reference import explain
 
     print(explain(args.setting))
 
 
 def _methods(args: argparse.Namespace) -> None:
-    from .reference import methods
+    from ..spec.reference import methods
 
     print(methods(args.method))
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
-    from .ray_runtime import set_verbose
+    from ..run.ray_runtime import set_verbose
 
     set_verbose(getattr(args, "verbose", False))
     try:
@@ -258,7 +258,3 @@ def _interrupted(interrupt: KeyboardInterrupt, then: str | None) -> int:
     after = f"; {then}" if then else ""
     print(f"interrupted by {stop_requested() or 'SIGINT'}{where}{after}", file=sys.stderr)
     return INTERRUPTED_EXIT
-
-
-if __name__ == "__main__":
-    sys.exit(main())

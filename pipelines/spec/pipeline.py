@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from ..errors import SPEC_EXIT, Problem, SpecError, did_you_mean
+from ..stages import STAGE_TYPES, StageConfig
 from .compose import compose, stage_names
-from .errors import SPEC_EXIT, Problem, SpecError, did_you_mean
-from .stages import STAGE_TYPES, StageConfig
 from .yaml_source import KeyPath, YamlDocument, format_path
 
 AnyStage = Annotated[

@@ -35,8 +35,8 @@ from torch import nn
 from sslpipe.datasets.recipes import ViewRecipe, get_recipe
 from sslpipe.datasets.shards import count_samples
 
-from .errors import UserError
-from .stages.base import WORKER_COMPUTE_THREADS
+from ..errors import UserError
+from ..stages.base import WORKER_COMPUTE_THREADS
 
 LABELS = "labels"
 FEATURE_DTYPE = np.float16

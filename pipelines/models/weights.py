@@ -14,8 +14,8 @@ from sslpipe.ssl_ops import Encoder, HeadSpec, build_backbone
 from sslpipe.ssl_ops.catalog import METHODS, get_method
 from sslpipe.ssl_ops.method import load_attribute
 
-from .outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS, MODEL_DESCRIPTION
-from .plugins import add_backbone_plugins, add_plugins
+from ..plugins import add_backbone_plugins, add_plugins
+from ..run.outputs import BACKBONE_WEIGHTS, ENCODER_WEIGHTS, MODEL_DESCRIPTION
 
 
 class HeadRecord(BaseModel):

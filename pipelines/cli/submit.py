@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UsageError, UserError
-from .spec import load_spec
+from ..errors import UsageError, UserError
+from ..spec.pipeline import load_spec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient

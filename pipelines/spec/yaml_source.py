@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Problem, SpecError
+from ..errors import Problem, SpecError
 
 KeyPath = tuple[str | int, ...]
 Position = tuple[str, int, int]  # file, 1-based line and column (0, 0: not from a file)

@@ -13,12 +13,12 @@ import onnxruntime
 import torch
 from safetensors.torch import save_file
 
-from .errors import UserError
-from .model_io import load_backbone, load_encoder
-from .outputs import METRICS, MODEL_CARD, ONNX_MODEL, SAFETENSORS_WEIGHTS, TORCH_PROGRAM
+from ..errors import UserError
+from ..run.outputs import METRICS, MODEL_CARD, ONNX_MODEL, SAFETENSORS_WEIGHTS, TORCH_PROGRAM
+from ..stages.base import StageContext
+from ..stages.export import ExportConfig, PromoteConfig
 from .registry import ModelRegistry
-from .stages.base import StageContext
-from .stages.export import ExportConfig, PromoteConfig
+from .weights import load_backbone, load_encoder
 
 ONNX_TOLERANCE = 1e-4
 

@@ -27,7 +27,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, SpecError, did_you_mean
+from ..errors import Problem, SpecError, did_you_mean
 from .yaml_source import KeyPath, Position, YamlDocument, format_path, load_yaml, parse_yaml
 
 EXTENDS_KEY = "extends"

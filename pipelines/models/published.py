@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError, UserError
-from .outputs import MODEL_CARD, MODEL_DESCRIPTION, SAFETENSORS_WEIGHTS
+from ..errors import UsageError, UserError
+from ..run.outputs import MODEL_CARD, MODEL_DESCRIPTION, SAFETENSORS_WEIGHTS
+from ..run.store import RunStore
 from .registry import ModelRegistry
-from .run_store import RunStore
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,7 +46,7 @@ def model_folder(path: Path) -> Path:
 def load_published_backbone(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone (eval mode) and its card: an export's ``model_card.json``, or for a
     pretrain stage its ``model.json``."""
-    from .model_io import ModelDescription, load_backbone, upgraded
+    from .weights import ModelDescription, load_backbone, upgraded
 
     folder = model_folder(path)
     if not (folder / MODEL_CARD).is_file():
