@@ -86,7 +86,7 @@ def extraction(args: argparse.Namespace) -> list[dict]:
                 shards,
                 backbone,
                 batch_size=args.batch_size,
-                threads=threads,
+                num_threads=threads,
                 use_gpu=False,
                 seconds=args.seconds,
                 warmup_batches=WARMUP_BATCHES,

@@ -694,7 +694,7 @@ def part_probe(ctx: Context) -> dict[str, Any]:
         build_backbone(ctx.sizes.backbone),
         recipe=recipe,
         batch_size=ctx.sizes.real_batch,
-        threads=ctx.sizes.loader_threads,
+        num_threads=ctx.sizes.loader_threads,
         use_gpu=ctx.on_gpu,
         seconds=ctx.sizes.probe_seconds,
     )

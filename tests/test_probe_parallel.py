@@ -65,7 +65,7 @@ def test_one_or_two_tasks_on_two_nodes_give_the_same_features_and_metrics(
         name="probe", type="probe", model="m", data="d", epochs=10, knn_k=[5], batch_size=45,
         dali_threads=1,
     )  # fmt: skip
-    settings = ExtractSettings(16, threads=1, use_gpu=False, loader="dali", precision="fp32")
+    settings = ExtractSettings(16, num_threads=1, use_gpu=False, loader="dali", precision="fp32")
     resources = task_resources("probe", config.cpus_per_worker(), use_gpu=False)
     assert resources == {"num_cpus": 2, "num_gpus": 0}
 
@@ -115,7 +115,7 @@ def test_non_finite_features_fail_with_one_line(tmp_path: Path, two_nodes, shard
             {"broken": backbone},
             {"train": shards["train"]},
             get_recipe("eval_cifar")[0],
-            ExtractSettings(16, threads=1, use_gpu=False, loader="dali", precision="fp32"),
+            ExtractSettings(16, num_threads=1, use_gpu=False, loader="dali", precision="fp32"),
             num_workers=1,
             directory=tmp_path,
             resources=task_resources("probe", cpus=2, use_gpu=False),

@@ -149,10 +149,11 @@ def cut_split(
 
 @dataclass(frozen=True)
 class ExtractSettings:
-    """How a task reads and runs the backbones (the probe stage's fields of the same names)."""
+    """How a task reads and runs the backbones (the probe stage's fields of the same names;
+    ``num_threads`` is its ``dali_threads``)."""
 
     batch_size: int
-    threads: int
+    num_threads: int
     use_gpu: bool
     loader: str
     precision: str
@@ -172,7 +173,7 @@ def open_loader(shards: Sequence[Path], recipe: ViewRecipe, settings: ExtractSet
         batch_size=settings.batch_size,
         shuffle=False,
         drop_last=False,
-        num_threads=settings.threads,
+        num_threads=settings.num_threads,
         prefetch=settings.prefetch,
         memory_map=settings.memory_map,
         device="gpu" if settings.use_gpu else "cpu",
@@ -381,7 +382,7 @@ def measure_extraction(
     *,
     recipe: ViewRecipe | None = None,
     batch_size: int = 256,
-    threads: int = 4,
+    num_threads: int = 4,
     use_gpu: bool | None = None,
     loader: str = "dali",
     precision: str = "bf16",
@@ -394,7 +395,7 @@ def measure_extraction(
     view (224 px); ``use_gpu`` defaults to whether CUDA is available."""
     settings = ExtractSettings(
         batch_size=batch_size,
-        threads=threads,
+        num_threads=num_threads,
         use_gpu=torch.cuda.is_available() if use_gpu is None else use_gpu,
         loader=loader,
         precision=precision,

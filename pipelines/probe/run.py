@@ -185,7 +185,7 @@ def run_probe(config: ProbeConfig, ctx: StageContext) -> dict[str, Any]:
         backbones["random_init"] = probed_features(random_init, config, description)
     settings = ExtractSettings(
         batch_size=config.batch_size,
-        threads=config.dali_threads,
+        num_threads=config.dali_threads,
         use_gpu=config.use_gpu,
         loader=config.loader,
         precision=config.precision,
