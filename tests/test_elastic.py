@@ -52,7 +52,7 @@ NODE_CPUS = 2  # one pretrain worker: dali_threads 1 + 1
 NUM_TRAIN, GLOBAL_BATCH, EPOCHS = 72, 6, 2  # 1, 2 and 3 workers all divide the batch
 STEPS_PER_EPOCH = NUM_TRAIN // GLOBAL_BATCH
 STEPS = EPOCHS * STEPS_PER_EPOCH
-DRAIN_NOTICE_S = 4  # the drained node's deadline, from the drain request
+DRAIN_NOTICE_S = 30  # the drained node's deadline, as a spot notice gives (30 s to 2 min)
 # Loss-curve tolerance (relative), derived in test_loss_curve_matches_an_unresized_run.
 LOSS_RTOL = 1e-3
 
