@@ -138,6 +138,13 @@ def local_cluster(
                 "dashboard_port": dashboard,
                 "dashboard_agent_listen_port": agent,
                 "metrics_export_port": metrics,
+                # A node killed without notice is declared dead after 3 missed health checks
+                # of 1 s (Ray's defaults: 5 of 3 s); until then the GCS offers its resources.
+                "_system_config": {
+                    "health_check_period_ms": 1000,
+                    "health_check_timeout_ms": 1000,
+                    "health_check_failure_threshold": 3,
+                },
             },
         )
         assert cluster.address == address, cluster.address

@@ -39,20 +39,30 @@ class AllowedSizesPolicy(ElasticScalingPolicy):
     with ``recompute=True`` the coordinator refreshes its view first; the policy asks at most
     once a second while the group is down (the first time at once, not with the answer it got
     while the group ran) and once per ``resize_check_seconds`` while it runs.
+
+    A running group never shrinks because one of its nodes is draining: its workers
+    checkpoint on the notice and wait (``worker.py``), whereas Ray's policy would resize at
+    once, restarting the group from an older checkpoint and losing the steps since. It
+    shrinks when the node has gone, from the drain checkpoint. It may grow, onto nodes that
+    are not draining.
     """
 
     def __init__(self, scaling_config: ScalingConfig, sizes: list[int]) -> None:
         super().__init__(scaling_config)
         self.sizes = sorted(sizes)
-        self._running = False
+        self._running_size: int | None = None  # the running group's size; None while down
 
-    def make_decision_for_running_worker_group(self, *args: Any, **kwargs: Any) -> Any:
-        self._running = True
-        return super().make_decision_for_running_worker_group(*args, **kwargs)
+    def make_decision_for_running_worker_group(
+        self, worker_group_state: Any, worker_group_status: Any
+    ) -> Any:
+        self._running_size = worker_group_state.num_workers
+        return super().make_decision_for_running_worker_group(
+            worker_group_state, worker_group_status
+        )
 
     def make_decision_for_non_running_worker_group(self) -> Any:
-        if self._running:  # the group just went down: what was reserved then is stale
-            self._running = False
+        if self._running_size is not None:  # the group just went down: what was reserved is stale
+            self._running_size = None
             self._latest_reserved_resources_query_time = float("-inf")
         return super().make_decision_for_non_running_worker_group()
 
@@ -73,6 +83,9 @@ class AllowedSizesPolicy(ElasticScalingPolicy):
         draining = ray._private.state.state.get_draining_nodes() or {}
         usable = {node: free for node, free in reserved_resources.items() if node not in draining}
         possible = super()._count_possible_workers(usable)
+        if self._running_size is not None and possible < self._running_size:
+            # Smaller only without the draining nodes: keep the group until they have gone.
+            possible = super()._count_possible_workers(reserved_resources)
         return max((size for size in self.sizes if size <= possible), default=possible)
 
 
