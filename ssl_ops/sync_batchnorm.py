@@ -187,6 +187,10 @@ def convert_to_global_batchnorm(module: nn.Module, process_group: ProcessGroup =
                 process_group,
             )
             replacement.load_state_dict(child.state_dict())
+            # A frozen layer stays frozen (an EMA teacher's: DDP would wait for its gradients).
+            for new, old in zip(replacement.parameters(), child.parameters(), strict=True):
+                new.requires_grad_(old.requires_grad)
+            replacement.train(child.training)
             setattr(module, name, replacement)
         else:
             convert_to_global_batchnorm(child, process_group)

@@ -1,11 +1,13 @@
 """One worker or two, the same global batch gives the same training: DDP + the ssl_ops gather
-+ global batch norm, on CPU with gloo (real torch.distributed, two processes)."""
++ global batch norm, on CPU with gloo (real torch.distributed, two processes). BYOL adds a
+momentum target with batch norm and no gradients, which DDP must not wait for."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -38,8 +40,8 @@ def _batches() -> list[list[torch.Tensor]]:
     ]
 
 
-def _losses(rank: int, world: int) -> list[float]:
-    config = PretrainConfig.model_validate(CONFIG)
+def _losses(rank: int, world: int, method_name: str) -> list[float]:
+    config = PretrainConfig.model_validate({**CONFIG, "method": method_name})
     method = build_training_method(config, 0, world, torch.device("cpu"))
     model = DistributedDataParallel(method, forward_sync_buffers=False) if world > 1 else method
     optimizer = build_optimizer("sgd", method, lr=config.learning_rate(), weight_decay=1e-4)
@@ -55,20 +57,25 @@ def _losses(rank: int, world: int) -> list[float]:
     return losses
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str, method_name: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        torch.save(_losses(rank, world), Path(out) / f"rank{rank}.pt")
+        torch.save(_losses(rank, world, method_name), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path: Path) -> None:
-    single = _losses(0, 1)
+@pytest.mark.parametrize("method_name", ["vicreg", "byol"])
+def test_two_workers_match_one_worker_on_the_same_global_batch(
+    tmp_path: Path, method_name: str
+) -> None:
+    single = _losses(0, 1, method_name)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        distributed = torch.load(tmp_path / f"rank{rank}.pt")
-        torch.testing.assert_close(distributed, single, rtol=1e-4, atol=1e-5)
+    args = (2, str(tmp_path / "store"), str(tmp_path), method_name)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    # A per-sample objective (BYOL's) gives each rank the mean over its own half; DDP averages
+    # the gradients, i.e. trains the mean over ranks.
+    ranks = torch.tensor([torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)])
+    torch.testing.assert_close(ranks.mean(0).tolist(), single, rtol=1e-4, atol=1e-5)
     assert single[0] != single[-1], "the steps must change the model"

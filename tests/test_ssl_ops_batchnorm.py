@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslpipe.ssl_ops.sync_batchnorm import global_batch_norm
+from sslpipe.ssl_ops.sync_batchnorm import (
+    GlobalBatchNorm,
+    convert_to_global_batchnorm,
+    global_batch_norm,
+)
 
 DT = torch.float64
 
@@ -85,3 +89,20 @@ def test_input_gradient_only() -> None:
 def test_other_ranks_of_input(shape: tuple[int, ...]) -> None:
     x = torch.randn(*shape, dtype=DT)
     torch.testing.assert_close(global_batch_norm(x, None, None)[0], _native(x, None, None))
+
+
+def test_conversion_keeps_frozen_layers_frozen_and_the_mode() -> None:
+    """An EMA teacher's batch norm (DINO's head with ``use_bn_in_head``, BYOL's target) has no
+    gradients: converted with ``requires_grad`` on, DDP waited for them and the second step
+    failed ("parameters that were not used in producing loss")."""
+    student = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    teacher = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    teacher.requires_grad_(False)
+    teacher[1].running_mean.fill_(3.0)
+    student[1].eval()
+    method = convert_to_global_batchnorm(torch.nn.ModuleDict({"s": student, "t": teacher}))
+    assert all(isinstance(method[k][1], GlobalBatchNorm) for k in "st")
+    assert [p.requires_grad for p in method["t"].parameters()] == [False] * 4
+    assert [p.requires_grad for p in method["s"].parameters()] == [True] * 4
+    assert not method["s"][1].training and method["t"][1].training
+    assert method["t"][1].running_mean.tolist() == [3.0] * 4
