@@ -15,6 +15,11 @@ from ray_clusters import start_head
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_TAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
 
+# Ray Train's controller polls its workers every 2 s: a run's end, or a dead worker, is seen up
+# to 2 s late. Every run of the suite (its Ray heads and `sslpipe run` subprocesses inherit
+# this) is polled every 0.5 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

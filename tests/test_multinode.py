@@ -82,7 +82,6 @@ def _sslpipe_run(cluster: Cluster, spec: Path, log: Path) -> subprocess.Popen:
         **os.environ,
         "RAY_ADDRESS": cluster.address,
         "SSLPIPE_SAMPLE_LOG": str(log),
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # the controller polls its workers (2 s)
     }
     return subprocess.Popen(
         [sys.executable, "-m", "sslpipe.pipelines.cli", "run", str(spec)],
